@@ -1,0 +1,42 @@
+# lunarchive — the two commands: `make demo` and `make test`.
+# Both create the virtual environment on first use; nothing else needs installing by hand.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: demo test lint unit install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
+	  { echo "lunarchive needs Python >= 3.12 (found $$($(PYTHON) --version))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: generate the demo lunar archive, run the whole pipeline into ./lunarchive-data
+demo: $(STAMP)
+	$(BIN)/lunarchive demo --store ./lunarchive-data
+
+## make lint: ruff, formatting, mypy, import contracts
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	PYTHONPATH=.import-root $(BIN)/lint-imports
+
+## make test: install, start SeaweedFS + PostgreSQL/PostGIS, lint, run the suite, stop the services
+test: $(STAMP)
+	$(BIN)/python infra/services.py run --state .services -- $(MAKE) --no-print-directory lint unit
+
+unit:
+	$(BIN)/python -m pytest tests --ignore=tests/benchmarks
+
+clean:
+	rm -rf $(VENV) .prefect .services .mypy_cache .ruff_cache .pytest_cache lunarchive.egg-info

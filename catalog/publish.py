@@ -1,0 +1,207 @@
+"""The publish protocol: render a release, write it unreferenced, then flip the pointer.
+
+1. every object of the release under a new version prefix (``If-None-Match: *``);
+2. its manifest (key, size, sha256 of every object its catalog needs);
+3. a compare-and-swap of ``releases/latest.json``.
+
+A reader that reads the pointer first sees a complete old or a complete new release. A
+release whose objects equal the current one's publishes nothing, so reruns write nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pystac
+import stac_geoparquet.arrow
+
+from lunarchive.catalog.layout import LATEST_KEY, manifest_key, release_prefix
+from lunarchive.catalog.store import Store
+from lunarchive.schemas.release import ManifestEntry, ReleaseManifest, ReleasePointer
+
+__all__ = [
+    "ITEM_TO_ROOT",
+    "PublishResult",
+    "ReleaseDraft",
+    "draft_release",
+    "inventory",
+    "publish_release",
+    "read_current",
+]
+
+# The static tree is pystac's layout: releases/<v>/<collection>/<item>/<item>.json, so an item
+# reaches the store root by four levels up, and the release root (items.parquet) by two.
+ITEM_TO_ROOT = "../../../../"
+_RELEASE_TO_ROOT = "../../"
+_FAKE_ROOT = "/store/releases/_"
+_PLACEHOLDER = "releases/{version}/"
+
+
+@dataclass(frozen=True)
+class ReleaseDraft:
+    """A release before it has a version: its own files, and the shared objects it needs."""
+
+    files: Mapping[str, bytes]  # keys relative to releases/<version>/
+    shared: Sequence[ManifestEntry]  # cubes, raw assets: keys relative to the store root
+
+    def identity(self) -> list[tuple[str, int, str]]:
+        """What makes two releases the same, whatever their version names."""
+        own = [
+            (_PLACEHOLDER + key, len(data), hashlib.sha256(data).hexdigest())
+            for key, data in self.files.items()
+        ]
+        return sorted(own + [(e.key, e.size, e.sha256) for e in self.shared])
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: str
+    published: bool
+    objects_written: int
+    item_count: int = 0
+    previous: str | None = None
+    keys: list[str] = field(default_factory=list)
+
+
+def draft_release(catalog: pystac.Catalog, shared: Iterable[ManifestEntry]) -> ReleaseDraft:
+    """Render the static tree (relative links) and the stac-geoparquet of every item."""
+    catalog.normalize_hrefs(_FAKE_ROOT)
+    files = _CollectingStacIO.render(catalog)
+    items = [_item_for_release_root(item) for item in catalog.get_items(recursive=True)]
+    files["items.parquet"] = _geoparquet(items)
+    unique = {entry.key: entry for entry in shared}
+    return ReleaseDraft(files=files, shared=sorted(unique.values(), key=lambda e: e.key))
+
+
+class _CollectingStacIO(pystac.StacIO):
+    """A StacIO that keeps what pystac would write, keyed relative to the release root."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[str, bytes] = {}
+
+    @classmethod
+    def render(cls, catalog: pystac.Catalog) -> dict[str, bytes]:
+        stac_io = cls()
+        catalog.save(pystac.CatalogType.SELF_CONTAINED, stac_io=stac_io)
+        return dict(sorted(stac_io.files.items()))
+
+    def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+        raise KeyError(f"nothing is read while rendering a release: {source}")
+
+    def write_text(self, dest: Any, txt: str, *args: Any, **kwargs: Any) -> None:
+        key = str(dest).removeprefix(_FAKE_ROOT + "/")
+        self.files[key] = (txt.rstrip("\n") + "\n").encode("utf-8")
+
+
+def _item_for_release_root(item: pystac.Item) -> dict[str, Any]:
+    """An item as stored in items.parquet: hrefs relative to the release root."""
+    data = item.to_dict(include_self_link=False, transform_hrefs=False)
+    for asset in data["assets"].values():
+        asset["href"] = _rebase(asset["href"])
+    links = [link for link in data["links"] if link["rel"] == "derived_from"]
+    for link in links:
+        link["href"] = _rebase(link["href"])
+    collection = {"rel": "collection", "href": f"./{item.collection_id}/collection.json"}
+    data["links"] = [collection, *links]
+    return data
+
+
+def _rebase(href: str) -> str:
+    if href.startswith(ITEM_TO_ROOT):
+        return _RELEASE_TO_ROOT + href.removeprefix(ITEM_TO_ROOT)
+    return href
+
+
+def _geoparquet(items: list[dict[str, Any]]) -> bytes:
+    reader = stac_geoparquet.arrow.parse_stac_items_to_arrow(items)
+    with tempfile.TemporaryDirectory(prefix="lunarchive-") as tmp:
+        path = Path(tmp) / "items.parquet"
+        stac_geoparquet.arrow.to_parquet(reader, path)
+        return path.read_bytes()
+
+
+def inventory(store: Store, prefix: str) -> list[ManifestEntry]:
+    """Key, size and sha256 of every object under a prefix (reads each object once)."""
+    return [
+        ManifestEntry(key=info.key, size=info.size, sha256=store.sha256(info.key))
+        for info in store.list(prefix)
+    ]
+
+
+def read_current(store: Store) -> tuple[ReleasePointer, ReleaseManifest, str] | None:
+    """The current pointer, its manifest, and the pointer's tag (for the swap)."""
+    tagged = store.read_tagged(LATEST_KEY)
+    if tagged is None:
+        return None
+    pointer = ReleasePointer.model_validate_json(tagged[0])
+    manifest = ReleaseManifest.model_validate_json(store.read(pointer.manifest))
+    return pointer, manifest, tagged[1]
+
+
+def _identity_of(manifest: ReleaseManifest) -> list[tuple[str, int, str]]:
+    own = release_prefix(manifest.version)
+    return sorted(
+        (
+            _PLACEHOLDER + e.key.removeprefix(own) if e.key.startswith(own) else e.key,
+            e.size,
+            e.sha256,
+        )
+        for e in manifest.objects
+    )
+
+
+def publish_release(
+    store: Store, draft: ReleaseDraft, *, now: datetime | None = None
+) -> PublishResult:
+    """Publish ``draft`` as the current release, unless it equals the current one."""
+    current = read_current(store)
+    identity = draft.identity()
+    item_count = sum(1 for key in draft.files if key.count("/") == 2)
+    if current and _identity_of(current[1]) == identity:
+        return PublishResult(current[0].version, False, 0, item_count, current[0].previous)
+    store.check_conditional_writes()
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+    version = f"{now:%Y%m%dT%H%M%SZ}-{digest[:6]}"
+    written = [
+        store.create(release_prefix(version) + key, data) for key, data in draft.files.items()
+    ]
+    manifest = ReleaseManifest(
+        version=version,
+        created=now,
+        objects=[
+            *(
+                ManifestEntry(key=i.key, size=i.size, sha256=_sha(draft, version, i.key))
+                for i in written
+            ),
+            *draft.shared,
+        ],
+    )
+    store.create(manifest_key(version), _json_bytes(manifest.model_dump(mode="json")))
+    previous = current[0].version if current else None
+    pointer = ReleasePointer(
+        version=version, manifest=manifest_key(version), published=now, previous=previous
+    )
+    store.swap(
+        LATEST_KEY,
+        _json_bytes(pointer.model_dump(mode="json")),
+        expected_tag=current[2] if current else None,
+    )
+    keys = [i.key for i in written] + [manifest_key(version), LATEST_KEY]
+    return PublishResult(version, True, len(keys), item_count, previous, keys)
+
+
+def _sha(draft: ReleaseDraft, version: str, key: str) -> str:
+    return hashlib.sha256(draft.files[key.removeprefix(release_prefix(version))]).hexdigest()
+
+
+def _json_bytes(data: Mapping[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")

@@ -1,0 +1,210 @@
+"""Pure STAC builders for lunarchive: one function per object kind, no I/O.
+
+Every object is lunar: ``ssys:targets: ["Moon"]``, geometry in lunar planetocentric degrees
+(−180..180), and a projection from the data (``proj:code`` only when it is an IAU code by
+construction, plus ``proj:wkt2`` / ``proj:projjson``). Hrefs are given by the caller; a
+builder never guesses sibling paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pystac
+
+__all__ = [
+    "EXTENSIONS",
+    "CubeDescription",
+    "create_catalog",
+    "create_collection",
+    "create_cube_item",
+    "create_specimen_item",
+    "multihash_sha256",
+]
+
+EXTENSIONS = {
+    "ssys": "https://stac-extensions.github.io/ssys/v1.1.1/schema.json",
+    "proj": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
+}
+ZARR_MEDIA_TYPE = "application/vnd+zarr"
+CSV_MEDIA_TYPE = "text/csv"
+_MOON = {"ssys:targets": ["Moon"]}
+
+
+@dataclass(frozen=True)
+class CubeDescription:
+    """What an item needs to know about one Zarr cube (filled from processing's summary)."""
+
+    shape: tuple[int, int]
+    transform: tuple[float, float, float, float, float, float]
+    proj_code: str | None
+    wkt2: str
+    projjson: Mapping[str, Any]
+    bbox: tuple[float, float, float, float]
+    geometry: Mapping[str, Any]
+    variable: str
+    units: str
+    dtype: str
+    minimum: float
+    maximum: float
+    mean: float
+    nodata_fraction: float
+
+
+def multihash_sha256(hex_digest: str) -> str:
+    """``file:checksum`` wants a multihash: 0x12 (sha2-256), 0x20 (32 bytes), digest."""
+    return "1220" + hex_digest
+
+
+def create_catalog(catalog_id: str, description: str) -> pystac.Catalog:
+    catalog = pystac.Catalog(id=catalog_id, description=description, title="lunarchive")
+    catalog.stac_extensions = [EXTENSIONS["ssys"]]
+    catalog.extra_fields.update(_MOON)
+    return catalog
+
+
+def create_collection(
+    collection_id: str,
+    *,
+    title: str,
+    description: str,
+    items: Sequence[pystac.Item],
+    license: str = "other",  # noqa: A002 - the STAC field's name
+    target_class: str = "satellite",
+) -> pystac.Collection:
+    """A collection whose extent is the union of its items' bboxes and times."""
+    bboxes = [list(item.bbox) for item in items if item.bbox] or [[-180.0, -90.0, 180.0, 90.0]]
+    union = [
+        min(b[0] for b in bboxes),
+        min(b[1] for b in bboxes),
+        max(b[2] for b in bboxes),
+        max(b[3] for b in bboxes),
+    ]
+    times = [t for item in items for t in _item_times(item)]
+    interval: list[datetime | None] = [min(times), max(times)] if times else [None, None]
+    collection = pystac.Collection(
+        id=collection_id,
+        title=title,
+        description=description,
+        license=license,
+        extent=pystac.Extent(pystac.SpatialExtent([union]), pystac.TemporalExtent([interval])),
+        stac_extensions=[EXTENSIONS["ssys"]],
+        extra_fields={**_MOON, "ssys:target_class": target_class},
+    )
+    return collection
+
+
+def _item_times(item: pystac.Item) -> list[datetime]:
+    common = item.common_metadata
+    return [t for t in (item.datetime, common.start_datetime, common.end_datetime) if t]
+
+
+def create_cube_item(
+    item_id: str,
+    cube: CubeDescription,
+    *,
+    cube_href: str,
+    start: datetime,
+    end: datetime,
+    title: str,
+    derived_from: Sequence[str] = (),
+) -> pystac.Item:
+    """The item of one Zarr cube tile: projection from the data, one ``zarr`` asset."""
+    properties: dict[str, Any] = {
+        "title": title,
+        "start_datetime": _rfc3339(start),
+        "end_datetime": _rfc3339(end),
+        **_MOON,
+        "ssys:target_class": "satellite",
+        "proj:code": cube.proj_code,
+        "proj:wkt2": cube.wkt2,
+        "proj:projjson": dict(cube.projjson),
+        "proj:shape": list(cube.shape),
+        "proj:transform": list(cube.transform),
+    }
+    item = pystac.Item(
+        id=item_id,
+        geometry=dict(cube.geometry),
+        bbox=list(cube.bbox),
+        datetime=None,
+        properties=properties,
+        stac_extensions=[EXTENSIONS["ssys"], EXTENSIONS["proj"], EXTENSIONS["raster"]],
+    )
+    item.add_asset("zarr", _cube_asset(cube, cube_href))
+    for href in derived_from:
+        item.add_link(pystac.Link("derived_from", href, media_type="application/xml"))
+    return item
+
+
+def _cube_asset(cube: CubeDescription, href: str) -> pystac.Asset:
+    band = {
+        "name": cube.variable,
+        "data_type": cube.dtype,
+        "unit": cube.units,
+        "nodata": "nan",
+        "statistics": {
+            "minimum": cube.minimum,
+            "maximum": cube.maximum,
+            "mean": cube.mean,
+            "valid_percent": round(100.0 * (1.0 - cube.nodata_fraction), 4),
+        },
+    }
+    return pystac.Asset(
+        href=href,
+        media_type=ZARR_MEDIA_TYPE,
+        roles=["data"],
+        title=f"Zarr v3 cube ({cube.variable})",
+        extra_fields={"raster:bands": [band]},
+    )
+
+
+def create_specimen_item(
+    record: Mapping[str, Any],
+    *,
+    item_id: str,
+    collected: datetime,
+    source_href: str,
+    source_sha256: str,
+    source_size: int,
+) -> pystac.Item:
+    """The item of one lunar sample record: a point at its location, no projection."""
+    lon, lat = float(record["lon_deg"]), float(record["lat_deg"])
+    properties = {key: value for key, value in record.items() if value is not None}
+    properties.update(
+        {
+            "title": f"Lunar sample {record['sample_id']}",
+            **_MOON,
+            "ssys:target_class": "sample",
+        }
+    )
+    item = pystac.Item(
+        id=item_id,
+        geometry={"type": "Point", "coordinates": [lon, lat]},
+        bbox=[lon, lat, lon, lat],
+        datetime=collected,
+        properties=properties,
+        stac_extensions=[EXTENSIONS["ssys"], EXTENSIONS["file"]],
+    )
+    item.add_asset(
+        "source",
+        pystac.Asset(
+            href=source_href,
+            media_type=CSV_MEDIA_TYPE,
+            roles=["metadata", "source"],
+            title="The partner record this item was made from",
+            extra_fields={
+                "file:checksum": multihash_sha256(source_sha256),
+                "file:size": source_size,
+            },
+        ),
+    )
+    return item
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,269 @@
+"""One small object-store interface over a local folder (``file://``) and S3 (``s3://``).
+
+Publishing and syncing are made of these calls: read, atomic write, list, sha256,
+create-if-absent and a compare-and-swap of the release pointer. Keys are always relative
+to the store root and are checked so that none can escape it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
+from urllib.parse import unquote, urlparse
+
+from lunarchive.schemas.errors import ConfigurationError, InvalidKey, StoreConflict
+
+if TYPE_CHECKING:
+    import zarr.abc.store
+
+__all__ = [
+    "ObjectInfo",
+    "S3Options",
+    "Store",
+    "check_key",
+    "open_store",
+]
+
+_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or a write tells about one object."""
+
+    key: str
+    size: int
+    tag: str = ""  # an opaque version tag: the ETag on S3, the sha256 on a folder
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """How to reach an S3 endpoint. Credentials stay out of reprs and logs."""
+
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    region: str = "us-east-1"
+
+    def __repr__(self) -> str:
+        return f"S3Options(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
+
+
+@runtime_checkable
+class Store(Protocol):
+    """The operations every backend provides, with the same contract."""
+
+    url: str
+
+    def read(self, key: str) -> bytes: ...
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None: ...
+    def exists(self, key: str) -> bool: ...
+    def write(self, key: str, data: bytes) -> ObjectInfo: ...
+    def write_file(self, key: str, path: Path) -> ObjectInfo: ...
+    def create(self, key: str, data: bytes) -> ObjectInfo: ...
+    def swap(self, key: str, data: bytes, *, expected_tag: str | None) -> ObjectInfo: ...
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+    def sha256(self, key: str) -> str: ...
+    def delete(self, key: str) -> None: ...
+    def download(self, key: str, dest: Path) -> Path: ...
+    def zarr_store(self, prefix: str) -> zarr.abc.store.Store: ...
+    def check_conditional_writes(self) -> None: ...
+
+
+def check_key(key: str) -> str:
+    """Refuse a key that could escape the store root; return it unchanged otherwise.
+
+    A trailing ``/`` is allowed (it names a prefix). Percent-encoded dots and slashes are
+    decoded before the check, so ``%2e%2e/x`` is refused like ``../x``.
+    """
+    if not key or key.startswith("/") or any(ch == "\\" or ord(ch) < 32 for ch in key):
+        raise InvalidKey(f"object key {key!r} is refused: empty, absolute, control or backslash")
+    parts = key.removesuffix("/").split("/")
+    for part in parts:
+        decoded = unquote(part)
+        if decoded in ("", ".", "..") or "/" in decoded or "\\" in decoded:
+            raise InvalidKey(f"object key {key!r} is refused: empty, '.' or '..' segment")
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    return check_key(prefix) if prefix else prefix
+
+
+def open_store(url: str, *, s3: S3Options | None = None) -> Store:
+    """The store for a URL: a folder path, ``file:///abs/path`` or ``s3://bucket/prefix``."""
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path) if parsed.scheme == "file" else url)
+        return FolderStore(path.expanduser().resolve())
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigurationError(f"store URL {url!r} names no bucket")
+        from lunarchive.catalog._s3store import S3Store
+
+        return S3Store(parsed.netloc, parsed.path.strip("/"), s3 or S3Options())
+    raise ConfigurationError(f"store URL {url!r}: only file:// and s3:// are supported")
+
+
+def _sha256_file(handle: IO[bytes]) -> str:
+    digest = hashlib.sha256()
+    while block := handle.read(_CHUNK):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+class FolderStore:
+    """A store in a local folder: temp file + rename for writes, a lock for the swap."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = self.root / check_key(key)
+        if not path.resolve().is_relative_to(self.root):
+            raise InvalidKey(f"object key {key!r} resolves outside the store root")
+        return path
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise KeyError(key) from None
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            data = self.read(key)
+        except KeyError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    @contextmanager
+    def _temp_beside(self, path: Path) -> Iterator[Path]:
+        """A temp file in the target's folder (same file system, so the rename is atomic)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        temp = Path(name)
+        try:
+            yield temp
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _fill(self, temp: Path, data: bytes | Path) -> None:
+        with temp.open("wb") as out:
+            if isinstance(data, Path):
+                with data.open("rb") as src:
+                    while block := src.read(_CHUNK):
+                        out.write(block)
+            else:
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+
+    def _info(self, key: str, path: Path) -> ObjectInfo:
+        with path.open("rb") as handle:
+            return ObjectInfo(key, path.stat().st_size, _sha256_file(handle))
+
+    def write(self, key: str, data: bytes) -> ObjectInfo:
+        return self._put(key, data)
+
+    def write_file(self, key: str, path: Path) -> ObjectInfo:
+        return self._put(key, path)
+
+    def _put(self, key: str, data: bytes | Path) -> ObjectInfo:
+        path = self._path(key)
+        with self._temp_beside(path) as temp:
+            self._fill(temp, data)
+            os.replace(temp, path)
+        return self._info(key, path)
+
+    def create(self, key: str, data: bytes) -> ObjectInfo:
+        path = self._path(key)
+        with self._temp_beside(path) as temp:
+            self._fill(temp, data)
+            try:
+                os.link(temp, path)  # atomic, and fails if the name exists
+            except FileExistsError:
+                raise StoreConflict(f"{self.url}/{key} already exists") from None
+        return self._info(key, path)
+
+    def swap(self, key: str, data: bytes, *, expected_tag: str | None) -> ObjectInfo:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(path.parent):
+            current = self.read_tagged(key)
+            current_tag = current[1] if current else None
+            if current_tag != expected_tag:
+                raise StoreConflict(
+                    f"{self.url}/{key} changed since it was read (expected tag "
+                    f"{expected_tag!r}, found {current_tag!r})"
+                )
+            return self._put(key, data)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        _check_prefix(prefix)
+        base = self.root / prefix.rpartition("/")[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue  # a write in flight is not an object
+                full = Path(dirpath) / name
+                key = full.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield ObjectInfo(key, full.stat().st_size)
+
+    def sha256(self, key: str) -> str:
+        try:
+            with self._path(key).open("rb") as handle:
+                return _sha256_file(handle)
+        except FileNotFoundError:
+            raise KeyError(key) from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def download(self, key: str, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with self._temp_beside(dest) as temp:
+            self._fill(temp, self._path(key))
+            os.replace(temp, dest)
+        return dest
+
+    def zarr_store(self, prefix: str) -> zarr.abc.store.Store:
+        import zarr.storage
+
+        return zarr.storage.LocalStore(self._path(prefix.rstrip("/")))
+
+    def check_conditional_writes(self) -> None:
+        """A folder always honours them: link() refuses an existing name, swaps are locked."""
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive advisory lock on a folder, held for the compare-and-swap."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError as exc:  # pragma: no cover - unlocking an fd we hold
+            if exc.errno != errno.EBADF:
+                raise
+        os.close(fd)

@@ -1,0 +1,83 @@
+"""What every flow needs at its edge: the settings, the store, the Dask runner, retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task, get_run_logger
+from prefect.client.schemas.objects import State, TaskRun
+from prefect_dask.task_runners import DaskTaskRunner
+
+from lunarchive.catalog.quarantine import quarantine
+from lunarchive.catalog.store import S3Options, Store, open_store
+from lunarchive.flows.settings import Settings
+from lunarchive.schemas.errors import QUARANTINE, RETRY, decision_for
+
+__all__ = ["dask_task_runner", "load_settings", "retry_transient", "settle", "store_for"]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the non-secret overrides a flow was given."""
+    settings = Settings()
+    given = {key: value for key, value in overrides.items() if value is not None}
+    return settings.model_copy(update=given) if given else settings
+
+
+def store_for(settings: Settings) -> Store:
+    def reveal(secret: Any) -> str | None:
+        return secret.get_secret_value() if secret is not None else None
+
+    options = S3Options(
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=reveal(settings.s3_access_key_id),
+        secret_access_key=reveal(settings.s3_secret_access_key),
+        region=settings.s3_region,
+    )
+    return open_store(settings.store_url, s3=options)
+
+
+def dask_task_runner(settings: Settings) -> DaskTaskRunner:
+    """The scheduler from the settings, or a LocalCluster of worker processes."""
+    if settings.dask_address:
+        return DaskTaskRunner(address=settings.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": settings.dask_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
+
+
+def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect retry condition: retry transient I/O only, never a permanent error."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - we classify whatever the task raised
+        return decision_for(exc) == RETRY
+    return False
+
+
+def settle(
+    settings: Settings, future: Any, *, source: str, product_id: str, files: list[str]
+) -> Any | None:
+    """A task's result, or None once its rejected product is quarantined (the run goes on).
+
+    Only a rejection is quarantined; any other failure propagates and fails the flow.
+    """
+    try:
+        return future.result()
+    except Exception as exc:
+        if decision_for(exc) != QUARANTINE:
+            raise
+        quarantine(
+            store_for(settings),
+            source=source,
+            product_id=product_id,
+            reason=str(exc),
+            rule=type(exc).__name__,
+            files=files,
+        )
+        get_run_logger().warning("quarantined %s/%s: %s", source, product_id, exc)
+        return None

@@ -1,0 +1,238 @@
+"""The ``lunarchive`` command line: ``demo``, ``pipeline``, ``search``.
+
+Settings come from ``LUNARCHIVE_*`` variables; options given here override them for one run.
+Every failure ends with one readable line on stderr and a non-zero exit status: 1 when the
+work failed, 2 when the request itself was malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lunarchive.catalog.search import SearchQuery, search_release
+from lunarchive.schemas.errors import InvalidFilter, LunarchiveError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="lunarchive",
+    help="Harvest lunar archives, build Zarr cubes on lunar grids, publish and search STAC.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Store root: a folder, file:///abs/path or s3://bucket/prefix "
+        "[default: LUNARCHIVE_STORE_URL, else ./lunarchive-data].",
+    ),
+]
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the flows' log lines.")
+    ] = False,
+) -> None:
+    """lunarchive: a data pipeline for lunar sample and remote-sensing archives."""
+    # Read by Prefect when it is imported, which the commands do lazily, after this.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault(
+        "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "info" if verbose else "warning"
+    )
+    if home := os.environ.get("PREFECT_HOME"):
+        Path(home).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
+
+
+def _store_url(given: str | None) -> str:
+    """The store URL with a relative folder made absolute (flows may run elsewhere)."""
+    from lunarchive.flows._runtime import load_settings
+
+    url = given or load_settings().store_url
+    if urlparse(url).scheme in ("", "file") and not url.startswith("file://"):
+        return Path(url).expanduser().resolve().as_uri()
+    return url
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn our errors into one line on stderr and an exit status."""
+    try:
+        yield
+    except InvalidFilter as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except (LunarchiveError, FileNotFoundError, PermissionError) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(store: StoreOption = None) -> None:
+    """Run the whole pipeline on a generated demo archive (four PDS4 DEM tiles near the
+    Chang'e-5 site and twelve sample records), served from 127.0.0.1, then search it.
+
+    Deterministic: running it again on the same store writes nothing new."""
+    from lunarchive.flows.demo import run_demo
+
+    url = _store_url(store)
+    with _one_line_errors(), out.status("Harvest → process (Dask) → publish …"):
+        result = run_demo(url)
+    _print_run(result, url)
+    _search_and_print(url, SearchQuery(bbox=(-52.5, 42.5, -51.5, 43.5)), as_json=False)
+    out.print(
+        f"\nThe store is [bold]{url}[/]. Try: lunarchive search --store {url} "
+        "--filter \"mission = 'Apollo 17'\"",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def pipeline(
+    source_url: Annotated[str, typer.Argument(help="HTTP(S) directory listing to harvest.")],
+    source: Annotated[
+        str, typer.Option(help="Name of the source: raw/<source>/, collections <source>-*.")
+    ],
+    store: StoreOption = None,
+    allow_local_sources: Annotated[
+        bool,
+        typer.Option(help="Allow a loopback or private source address (local mirrors only)."),
+    ] = False,
+) -> None:
+    """Harvest SOURCE_URL, build its cube on Dask, and publish a release of the catalog."""
+    from lunarchive.flows.pipeline import pipeline as pipeline_flow
+
+    url = _store_url(store)
+    with _one_line_errors(), out.status(f"Harvest {source} → process (Dask) → publish …"):
+        result = pipeline_flow(
+            source_url, source, store_url=url, allow_local_sources=allow_local_sources or None
+        )
+    _print_run(result, url)
+
+
+@app.command()
+def search(
+    store: StoreOption = None,
+    bbox: Annotated[
+        str | None, typer.Option(help="west,south,east,north in lunar degrees (-180..180).")
+    ] = None,
+    datetime: Annotated[
+        str | None, typer.Option(help="RFC 3339 instant or interval: a/b, ../b, a/..")
+    ] = None,
+    collections: Annotated[str | None, typer.Option(help="Comma-separated collection ids.")] = None,
+    filter: Annotated[  # noqa: A002 - the STAC API's name for it
+        str | None,
+        typer.Option(help="CQL2 filter, e.g. \"mission = 'Apollo 17' AND mass_g > 100\"."),
+    ] = None,
+    filter_lang: Annotated[
+        str | None, typer.Option(help="cql2-text or cql2-json [default: from the filter].")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="At most this many items.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print a GeoJSON FeatureCollection.")
+    ] = False,
+) -> None:
+    """Search the current release's items (DuckDB over its stac-geoparquet, CQL2 filters)."""
+    with _one_line_errors():
+        query = SearchQuery(
+            bbox=_parse_bbox(bbox) if bbox else None,
+            datetime=datetime,
+            collections=tuple(c.strip() for c in collections.split(",")) if collections else (),
+            filter=_parse_filter(filter, filter_lang),
+            filter_lang=_check_lang(filter_lang),
+            limit=limit,
+        )
+        _search_and_print(_store_url(store), query, as_json=as_json)
+
+
+def _parse_bbox(text: str) -> tuple[float, float, float, float]:
+    try:
+        west, south, east, north = (float(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidFilter(f"--bbox {text!r}: give four numbers west,south,east,north") from None
+    return west, south, east, north
+
+
+def _check_lang(lang: str | None) -> Literal["cql2-text", "cql2-json"] | None:
+    if lang is None or lang in ("cql2-text", "cql2-json"):
+        return lang  # type: ignore[return-value]
+    raise InvalidFilter(f"--filter-lang {lang!r}: use cql2-text or cql2-json")
+
+
+def _parse_filter(text: str | None, lang: str | None) -> str | dict[str, Any] | None:
+    """cql2-json comes as JSON text on the command line; cql2-text stays text."""
+    if text is None or lang != "cql2-json":
+        return text
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidFilter(f"--filter is not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(parsed, dict):
+        raise InvalidFilter("--filter: a cql2-json filter is a JSON object")
+    return parsed
+
+
+def _search_and_print(store_url: str, query: SearchQuery, *, as_json: bool) -> None:
+    from lunarchive.flows._runtime import load_settings, store_for
+
+    with _one_line_errors():
+        version, items = search_release(store_for(load_settings(store_url=store_url)), query)
+    if as_json:
+        collection = {"type": "FeatureCollection", "features": items}
+        sys.stdout.write(json.dumps(collection, indent=2, default=str) + "\n")
+        return
+    table = Table(title=f"{len(items)} item(s) in release {version}", title_justify="left")
+    for column in ("id", "collection", "datetime", "title"):
+        table.add_column(column, overflow="fold")
+    for item in items:
+        properties = item.get("properties", {})
+        when = properties.get("datetime") or (
+            f"{properties.get('start_datetime')} / {properties.get('end_datetime')}"
+        )
+        when = str(when).replace(".000000Z", "Z")
+        table.add_row(item["id"], item.get("collection", ""), when, properties.get("title"))
+    out.print(table)
+
+
+def _print_run(result: dict[str, Any], store_url: str) -> None:
+    release = result["release"]
+    state = "published" if release["published"] else "unchanged, nothing written"
+    lines = [
+        f"harvested  {result['products']} product(s), {result['fetched']} file(s) fetched",
+        f"processed  {len(result['cubes'])} cube(s), {result['samples']} sample record(s)",
+        f"release    {release['version']} ({state}): {release['item_count']} item(s), "
+        f"{release['objects_written']} object(s) written",
+    ]
+    if result["unrecognised"]:
+        lines.append(f"skipped    products of no known kind: {', '.join(result['unrecognised'])}")
+    for cube in result["cubes"]:
+        lines.append(f"cube       {store_url.rstrip('/')}/{cube}")
+    out.print("\n".join(lines), highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

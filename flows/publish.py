@@ -1,0 +1,162 @@
+"""The ``publish`` flow: the processed products → a STAC release, then the pointer flips.
+
+Items are built from what ``process`` returned (cube summaries, sample records), every asset
+href is relative to the item inside the release tree, and the release lists every object its
+catalog reaches. An unchanged input renders the same release, which publishes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import pystac
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lunarchive.catalog.layout import safe_id
+from lunarchive.catalog.publish import ITEM_TO_ROOT, draft_release, publish_release
+from lunarchive.catalog.stac import (
+    CubeDescription,
+    create_catalog,
+    create_collection,
+    create_cube_item,
+    create_specimen_item,
+)
+from lunarchive.flows._runtime import load_settings, store_for
+from lunarchive.flows.settings import Settings
+from lunarchive.schemas.errors import ProductRejected
+from lunarchive.schemas.release import ManifestEntry
+from lunarchive.schemas.vocabularies import missions
+
+__all__ = ["publish"]
+
+CATALOG_ID = "lunarchive"
+
+
+def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
+    """One item per cube tile, from the record ``process`` left beside the cube."""
+    items = []
+    for cube in cubes:
+        summary = cube["summary"]
+        description = CubeDescription(
+            shape=tuple(summary["shape"]),
+            transform=tuple(summary["transform"]),
+            proj_code=summary["proj_code"],
+            wkt2=summary["wkt2"],
+            projjson=summary["projjson"],
+            bbox=tuple(summary["bbox"]),
+            geometry=summary["geometry"],
+            variable=summary["variable"],
+            units="m",
+            dtype=summary["dtype"],
+            minimum=summary["height_min_m"],
+            maximum=summary["height_max_m"],
+            mean=summary["height_mean_m"],
+            nodata_fraction=summary["nodata_fraction"],
+        )
+        items.append(
+            create_cube_item(
+                f"{cube['collection']}-{cube['tile']}",
+                description,
+                cube_href=ITEM_TO_ROOT + cube["key"],
+                start=datetime.fromisoformat(cube["start"]),
+                end=datetime.fromisoformat(cube["end"]),
+                title=f"Heights above the lunar reference sphere, {cube['tile']} tile",
+                derived_from=[ITEM_TO_ROOT + key for key in cube["inputs"]],
+            )
+        )
+    return items
+
+
+def specimen_items(tables: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
+    """One item per sample record, dated by its mission's landing (the vocabulary)."""
+    known = missions()
+    items: dict[str, pystac.Item] = {}
+    for table in tables:
+        for row, record in enumerate(table["records"], start=2):
+            mission = known.get(record.get("mission") or "")
+            if mission is None:
+                raise ProductRejected(
+                    f"{table['key']}, row {row}, column 'mission': {record.get('mission')!r} "
+                    f"is not a known sample-return mission (rule: one of {sorted(known)})"
+                )
+            item_id = "specimen-" + safe_id(record["sample_id"])
+            if item_id in items:
+                raise ProductRejected(
+                    f"{table['key']}, row {row}, column 'sample_id': {record['sample_id']!r} "
+                    f"gives the item id {item_id!r} that another record already has"
+                )
+            items[item_id] = create_specimen_item(
+                record,
+                item_id=item_id,
+                collected=mission.landed,
+                source_href=ITEM_TO_ROOT + table["key"],
+                source_sha256=table["sha256"],
+                source_size=table["size"],
+            )
+    return list(items.values())
+
+
+def build_catalog(
+    name: str, cubes: list[pystac.Item], samples: list[pystac.Item]
+) -> pystac.Catalog:
+    catalog = create_catalog(CATALOG_ID, "Lunar sample and remote-sensing data of lunarchive.")
+    groups = [
+        (f"{name}-dem", "Digital elevation models", "satellite", cubes),
+        (f"{name}-samples", "Lunar sample records", "sample", samples),
+    ]
+    for collection_id, title, target_class, items in groups:
+        if not items:
+            continue
+        collection = create_collection(
+            collection_id,
+            title=title,
+            description=f"{title} of the {name} archive, harvested by lunarchive.",
+            items=items,
+            target_class=target_class,
+        )
+        collection.add_items(items)
+        catalog.add_child(collection)
+    return catalog
+
+
+def shared_objects(processed: Mapping[str, Any]) -> list[ManifestEntry]:
+    """The objects outside the release prefix that the catalog reaches: cubes and raw files."""
+    cubes = processed["cubes"]
+    entries = [ManifestEntry(**o) for cube in cubes for o in [*cube["objects"], *cube["raw"]]]
+    entries += [
+        ManifestEntry(key=table["key"], size=table["size"], sha256=table["sha256"])
+        for table in processed["samples"]
+    ]
+    return entries
+
+
+@task(cache_policy=NO_CACHE)
+def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) -> dict[str, Any]:
+    store = store_for(settings)
+    catalog = build_catalog(
+        name, cube_items(processed["cubes"]), specimen_items(processed["samples"])
+    )
+    result = publish_release(store, draft_release(catalog, shared_objects(processed)))
+    return asdict(result)
+
+
+@flow(name="publish")
+def publish(processed: dict[str, Any], name: str, store_url: str | None = None) -> dict[str, Any]:
+    """Publish the processed products as a release and make it the current one."""
+    settings = load_settings(store_url=store_url)
+    result = publish_catalog(settings, name, processed)
+    logger = get_run_logger()
+    if result["published"]:
+        logger.info(
+            "published release %s (%d objects written, %d items)",
+            result["version"],
+            result["objects_written"],
+            result["item_count"],
+        )
+    else:
+        logger.info("release %s is current and unchanged: nothing written", result["version"])
+    return result

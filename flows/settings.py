@@ -1,0 +1,60 @@
+"""The one settings object of lunarchive (pydantic-settings, ``LUNARCHIVE_`` prefix).
+
+Read once at the edge (CLI, flow entry) and passed down; nothing else reads the environment.
+Every field is listed, with its default, in the README's settings table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lunarchive.schemas.errors import ConfigurationError
+
+__all__ = ["Settings", "shared_dir"]
+
+
+class Settings(BaseSettings):
+    """Where the store is, which services to use, and the limits to hold."""
+
+    model_config = SettingsConfigDict(env_prefix="LUNARCHIVE_", extra="ignore")
+
+    store_url: str = Field(
+        default="./lunarchive-data",
+        description="Store root: a folder path, file:///abs/path, or s3://bucket/prefix.",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3 API endpoint (non-AWS).")
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str = "us-east-1"
+    prefect_api_url: str | None = Field(
+        default=None, description="A Prefect server's API; unset runs Prefect's local API."
+    )
+    dask_address: str | None = Field(
+        default=None, description="An existing Dask scheduler; unset starts a LocalCluster."
+    )
+    dask_workers: int = Field(default=2, ge=1, description="LocalCluster worker processes.")
+    max_download_bytes: int = Field(default=2 * 1024**3, ge=1, description="Per harvested file.")
+    http_timeout_s: float = Field(default=60.0, gt=0)
+    allow_local_sources: bool = Field(
+        default=False,
+        description="Allow sources on loopback or private addresses (demo and tests only).",
+    )
+    shared_dir: Path = Field(
+        default=Path("../shared"), description="Test-only: the shared fixtures folder."
+    )
+    database_url: SecretStr | None = Field(
+        default=None, description="PostgreSQL for the STAC API (tests: made by infra/)."
+    )
+
+
+def shared_dir(settings: Settings) -> Path:
+    """The shared fixtures folder, for tests; loud when it is missing."""
+    path = settings.shared_dir.resolve()
+    if not (path / "fixtures" / "real").is_dir():
+        raise ConfigurationError(
+            f"LUNARCHIVE_SHARED_DIR={path} has no fixtures/real/: tests need ../shared"
+        )
+    return path

@@ -1,0 +1,175 @@
+"""Readers: lunar raster products to lazy xarray, specimen CSV to typed records.
+
+Every rejection is a :class:`ProductRejected` whose message names the file (or source), the
+field and the rule broken, so that the flow can quarantine the input and go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pyproj
+import rasterio  # type: ignore[import-untyped]
+import rioxarray
+import xarray as xr
+from rasterio.windows import Window  # type: ignore[import-untyped]
+
+from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
+from lunarchive.schemas.errors import ProductRejected
+
+__all__ = ["open_dem", "read_specimens"]
+
+_NUMERIC_COLUMNS: Final = {
+    # column: (lowest, highest) accepted; longitudes may come as 0..360 and are normalised.
+    "lat_deg": (-90.0, 90.0),
+    "lon_deg": (-180.0, 360.0),
+    "location_uncertainty_m": (0.0, math.inf),
+    "mass_g": (0.0, math.inf),
+    "pristinity_pct": (0.0, 100.0),
+}
+
+
+@dataclass(frozen=True)
+class _RasterFacts:
+    crs: pyproj.CRS
+    scale: float
+    offset: float
+    nodata: float | None
+
+
+def open_dem(path: Path) -> xr.DataArray:
+    """Open one DEM product lazily as height above the Moon's reference sphere (m, float32).
+
+    ``path`` is what GDAL opens: the PDS4 ``.xml`` or PDS3 ``.lbl`` label of a detached
+    product, an ISIS cube, a GeoTIFF. Nodata becomes NaN; dims are ``(y, x)``; the product's
+    CRS is kept. Products that store *radius* (a PDS ``OFFSET`` equal to the 1 737 400 m
+    reference radius, as LOLA's: LUNAR-DATA.md §2.3 pitfall 5) are turned into height, and
+    the ``comment`` attribute says so.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    facts = _inspect(path)
+    raw = rioxarray.open_rasterio(path, chunks=True, mask_and_scale=False)
+    assert isinstance(raw, xr.DataArray)  # one band, checked by _inspect
+    raw = raw.squeeze("band", drop=True)
+    values = raw.astype(np.float32)
+    if facts.nodata is not None:
+        values = values.where(raw != facts.nodata)
+    radius_offset = math.isclose(facts.offset, MOON_RADIUS_M)
+    # Adding the offset minus the radius, never the radius itself, keeps float32 exact.
+    offset = facts.offset - MOON_RADIUS_M if radius_offset else facts.offset
+    height = values * np.float32(facts.scale) + np.float32(offset)
+    result: xr.DataArray = height.rename("height").rio.write_crs(facts.crs)
+    result.attrs = _height_attrs(facts, radius_offset=radius_offset)
+    result.encoding["source"] = str(path)
+    return result
+
+
+def _inspect(path: Path) -> _RasterFacts:
+    """Open ``path`` with GDAL and check what must hold before any lazy read."""
+    try:
+        with rasterio.open(path) as src:
+            if src.count != 1:
+                raise ProductRejected(f"{path.name}: {src.count} bands (rule: a DEM has one band)")
+            crs = assert_lunar(src.crs, where=path.name)
+            _check_complete(src, path)
+            return _RasterFacts(crs, src.scales[0], src.offsets[0], src.nodata)
+    except rasterio.errors.RasterioIOError as exc:
+        raise ProductRejected(
+            f"{path.name}: GDAL cannot open it ({exc}) (rule: a product is a GDAL-readable "
+            "raster, opened through its label when the data is detached)"
+        ) from None
+
+
+def _check_complete(src: Any, path: Path) -> None:
+    """Refuse a data file shorter than its label declares.
+
+    GDAL opens such a product and fails only when the missing lines are read, deep in a
+    lazy computation; reading the last line now moves the failure here.
+    """
+    try:
+        src.read(1, window=Window(0, src.height - 1, src.width, 1))
+    except rasterio.errors.RasterioIOError:
+        raise ProductRejected(
+            f"{path.name}: the last line of the {src.height} × {src.width} image cannot be read "
+            "(rule: the data file holds every line its label declares)"
+        ) from None
+
+
+def _height_attrs(facts: _RasterFacts, *, radius_offset: bool) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "units": "m",
+        "long_name": f"height above the {MOON_RADIUS_M:.0f} m lunar reference sphere",
+        "reference_radius_m": MOON_RADIUS_M,
+    }
+    if radius_offset:
+        attrs["source_value_offset_m"] = facts.offset
+        attrs["comment"] = (
+            "the product stores radius (DN x scale + offset); "
+            "its offset equals the reference radius and was removed to give height"
+        )
+    return attrs
+
+
+def read_specimens(data: bytes, *, source: str) -> list[dict[str, Any]]:
+    """Parse a specimen CSV (UTF-8, header row) into records with typed values.
+
+    Empty cells become None; ``lat_deg``, ``lon_deg``, ``location_uncertainty_m``,
+    ``mass_g`` and ``pristinity_pct`` become floats, checked against their ranges; longitudes
+    given as 0..360 are normalised to −180..180. Rows are numbered as in a spreadsheet (the
+    header is row 1). A row without ``sample_id``, a repeated ``sample_id``, or a bad number
+    raises :class:`ProductRejected` naming ``source``, the row and the column.
+    """
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProductRejected(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if "sample_id" not in (reader.fieldnames or []):
+        raise ProductRejected(f"{source}, row 1: no 'sample_id' column (rule: it is required)")
+    records: list[dict[str, Any]] = []
+    seen: dict[str, int] = {}
+    for row_number, row in enumerate(reader, start=2):
+        record = _specimen_record(row, where=f"{source}, row {row_number}")
+        first = seen.setdefault(record["sample_id"], row_number)
+        if first != row_number:
+            raise ProductRejected(
+                f"{source}, row {row_number}, column 'sample_id': {record['sample_id']!r} "
+                f"repeats row {first} (rule: sample_id is unique)"
+            )
+        records.append(record)
+    return records
+
+
+def _specimen_record(row: dict[str | Any, str | Any], *, where: str) -> dict[str, Any]:
+    if None in row:
+        raise ProductRejected(f"{where}: more cells than header columns")
+    record: dict[str, Any] = {key: _cell(value) for key, value in row.items()}
+    if record["sample_id"] is None:
+        raise ProductRejected(f"{where}, column 'sample_id': empty (rule: it is required)")
+    for column, (low, high) in _NUMERIC_COLUMNS.items():
+        if record.get(column) is not None:
+            record[column] = _number(record[column], low, high, where=f"{where}, column {column!r}")
+    if record.get("lon_deg") is not None and record["lon_deg"] > 180.0:
+        record["lon_deg"] -= 360.0
+    return record
+
+
+def _cell(value: str | None) -> str | None:
+    return (value.strip() or None) if value else None
+
+
+def _number(text: str, low: float, high: float, *, where: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ProductRejected(f"{where}: {text!r} is not a number") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ProductRejected(f"{where}: {value} is outside {low:g}..{high:g}")
+    return value
