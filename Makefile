@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test lint unit install clean
+.PHONY: demo test lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
@@ -32,11 +32,8 @@ lint: $(STAMP)
 	PYTHONPATH=.import-root $(BIN)/lint-imports
 
 ## make test: install, start SeaweedFS + PostgreSQL/PostGIS, lint, run the suite, stop the services
-test: $(STAMP)
-	$(BIN)/python infra/services.py run --state .services -- $(MAKE) --no-print-directory lint unit
-
-unit:
-	$(BIN)/python -m pytest tests --ignore=tests/benchmarks
+test: $(STAMP) lint
+	$(BIN)/python infra/services.py run --state .services -- $(BIN)/python -m pytest tests --ignore=tests/benchmarks
 
 clean:
 	rm -rf $(VENV) .prefect .services .mypy_cache .ruff_cache .pytest_cache lunarchive.egg-info

@@ -24,6 +24,7 @@ import stac_geoparquet.arrow
 
 from lunarchive.catalog.layout import LATEST_KEY, manifest_key, release_prefix
 from lunarchive.catalog.store import Store
+from lunarchive.schemas.errors import StoreConflict
 from lunarchive.schemas.release import ManifestEntry, ReleaseManifest, ReleasePointer
 
 __all__ = [
@@ -62,7 +63,7 @@ class ReleaseDraft:
 
 @dataclass(frozen=True)
 class PublishResult:
-    version: str
+    version: str | None  # None: nothing published yet, and nothing to publish
     published: bool
     objects_written: int
     item_count: int = 0
@@ -161,46 +162,41 @@ def _identity_of(manifest: ReleaseManifest) -> list[tuple[str, int, str]]:
 def publish_release(
     store: Store, draft: ReleaseDraft, *, now: datetime | None = None
 ) -> PublishResult:
-    """Publish ``draft`` as the current release, unless it equals the current one."""
+    """Publish ``draft`` as the current release, unless it equals the current one.
+
+    Raises StoreConflict when another publisher flipped the pointer first (nothing of this
+    release is then referenced; a later run publishes again on top of the winner).
+    """
     current = read_current(store)
-    identity = draft.identity()
     item_count = sum(1 for key in draft.files if key.count("/") == 2)
-    if current and _identity_of(current[1]) == identity:
+    if current and _identity_of(current[1]) == draft.identity():
         return PublishResult(current[0].version, False, 0, item_count, current[0].previous)
     store.check_conditional_writes()
     now = (now or datetime.now(UTC)).replace(microsecond=0)
-    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps(draft.identity()).encode()).hexdigest()
     version = f"{now:%Y%m%dT%H%M%SZ}-{digest[:6]}"
-    written = [
-        store.create(release_prefix(version) + key, data) for key, data in draft.files.items()
-    ]
-    manifest = ReleaseManifest(
-        version=version,
-        created=now,
-        objects=[
-            *(
-                ManifestEntry(key=i.key, size=i.size, sha256=_sha(draft, version, i.key))
-                for i in written
-            ),
-            *draft.shared,
-        ],
-    )
-    store.create(manifest_key(version), _json_bytes(manifest.model_dump(mode="json")))
+    own = [_create_once(store, release_prefix(version) + k, v) for k, v in draft.files.items()]
+    manifest = ReleaseManifest(version=version, created=now, objects=[*own, *draft.shared])
+    _create_once(store, manifest_key(version), _json_bytes(manifest.model_dump(mode="json")))
     previous = current[0].version if current else None
     pointer = ReleasePointer(
         version=version, manifest=manifest_key(version), published=now, previous=previous
     )
-    store.swap(
-        LATEST_KEY,
-        _json_bytes(pointer.model_dump(mode="json")),
-        expected_tag=current[2] if current else None,
-    )
-    keys = [i.key for i in written] + [manifest_key(version), LATEST_KEY]
+    expected_tag = current[2] if current else None
+    store.swap(LATEST_KEY, _json_bytes(pointer.model_dump(mode="json")), expected_tag=expected_tag)
+    keys = [entry.key for entry in own] + [manifest_key(version), LATEST_KEY]
     return PublishResult(version, True, len(keys), item_count, previous, keys)
 
 
-def _sha(draft: ReleaseDraft, version: str, key: str) -> str:
-    return hashlib.sha256(draft.files[key.removeprefix(release_prefix(version))]).hexdigest()
+def _create_once(store: Store, key: str, data: bytes) -> ManifestEntry:
+    """Create ``key``; the identical object left there by a crashed attempt counts as made."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        store.create(key, data)
+    except StoreConflict:
+        if store.sha256(key) != sha256:
+            raise
+    return ManifestEntry(key=key, size=len(data), sha256=sha256)
 
 
 def _json_bytes(data: Mapping[str, Any]) -> bytes:

@@ -17,10 +17,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from lunarchive.catalog.search import SearchQuery, search_release
+from lunarchive.flows.settings import Settings
 from lunarchive.schemas.errors import InvalidFilter, LunarchiveError
 
 __all__ = ["app", "main"]
@@ -58,6 +60,16 @@ def _options(
     os.environ.setdefault(
         "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED", "info" if verbose else "warning"
     )
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"LUNARCHIVE_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        err.print(f"[red]error:[/] invalid settings: {problems}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if settings.prefect_api_url:
+        os.environ["PREFECT_API_URL"] = settings.prefect_api_url  # a server, not the local API
     if home := os.environ.get("PREFECT_HOME"):
         Path(home).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
 
@@ -87,10 +99,11 @@ def _one_line_errors() -> Iterator[None]:
 
 @app.command()
 def demo(store: StoreOption = None) -> None:
-    """Run the whole pipeline on a generated demo archive (four PDS4 DEM tiles near the
-    Chang'e-5 site and twelve sample records), served from 127.0.0.1, then search it.
+    """Run the whole pipeline on a generated lunar archive, served from 127.0.0.1.
 
-    Deterministic: running it again on the same store writes nothing new."""
+    The archive holds four PDS4 DEM tiles near the Chang'e-5 site and twelve sample records;
+    the demo ends with a search. Deterministic: a second run writes nothing new.
+    """
     from lunarchive.flows.demo import run_demo
 
     url = _store_url(store)
@@ -220,7 +233,9 @@ def _print_run(result: dict[str, Any], store_url: str) -> None:
         f"harvested  {result['products']} product(s), {result['fetched']} file(s) fetched",
         f"processed  {len(result['cubes'])} cube(s), {result['samples']} sample record(s)",
         f"release    {release['version']} ({state}): {release['item_count']} item(s), "
-        f"{release['objects_written']} object(s) written",
+        f"{release['objects_written']} object(s) written"
+        if release["version"]
+        else "release    none: nothing to publish (see quarantine/)",
     ]
     if result["unrecognised"]:
         lines.append(f"skipped    products of no known kind: {', '.join(result['unrecognised'])}")

@@ -17,7 +17,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lunarchive.catalog.layout import safe_id
-from lunarchive.catalog.publish import ITEM_TO_ROOT, draft_release, publish_release
+from lunarchive.catalog.publish import (
+    ITEM_TO_ROOT,
+    PublishResult,
+    draft_release,
+    publish_release,
+    read_current,
+)
 from lunarchive.catalog.stac import (
     CubeDescription,
     create_catalog,
@@ -137,9 +143,12 @@ def shared_objects(processed: Mapping[str, Any]) -> list[ManifestEntry]:
 @task(cache_policy=NO_CACHE)
 def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) -> dict[str, Any]:
     store = store_for(settings)
-    catalog = build_catalog(
-        name, cube_items(processed["cubes"]), specimen_items(processed["samples"])
-    )
+    cubes, samples = cube_items(processed["cubes"]), specimen_items(processed["samples"])
+    if not cubes and not samples:  # everything was quarantined: keep the current release
+        current = read_current(store)
+        version = current[0].version if current else None
+        return asdict(PublishResult(version, published=False, objects_written=0))
+    catalog = build_catalog(name, cubes, samples)
     result = publish_release(store, draft_release(catalog, shared_objects(processed)))
     return asdict(result)
 
@@ -150,7 +159,9 @@ def publish(processed: dict[str, Any], name: str, store_url: str | None = None) 
     settings = load_settings(store_url=store_url)
     result = publish_catalog(settings, name, processed)
     logger = get_run_logger()
-    if result["published"]:
+    if result["version"] is None:
+        logger.warning("nothing to publish: no product made it through, and no release exists")
+    elif result["published"]:
         logger.info(
             "published release %s (%d objects written, %d items)",
             result["version"],
