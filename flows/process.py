@@ -57,16 +57,16 @@ def build_dem_cube(
         labels = [
             _label_of(_materialize(store, p["keys"], Path(tmp) / p["product_id"])) for p in products
         ]
+        times = [t for label in labels for t in label_time_range(label) if t is not None]
+        if not times:
+            raise ProductRejected(
+                f"{', '.join(p['product_id'] for p in products)}: no Time_Coordinates in any "
+                "label (rule: a cube item needs the observation time range)"
+            )
         with get_dask_client():
             cube = build_cube(mosaic([open_dem(label) for label in labels]), name="height")
             write_cube(cube, store.zarr_store(key))
             summary = cube_summary(cube)
-        times = [t for label in labels for t in label_time_range(label) if t is not None]
-    if not times:
-        raise ProductRejected(
-            f"{', '.join(p['product_id'] for p in products)}: no Time_Coordinates in any label "
-            "(rule: a cube item needs the observation time range)"
-        )
     record = {
         "collection": collection,
         "tile": tile,
