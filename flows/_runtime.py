@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import Task, get_run_logger
@@ -13,7 +16,14 @@ from lunarchive.catalog.store import S3Options, Store, open_store
 from lunarchive.flows.settings import Settings
 from lunarchive.schemas.errors import QUARANTINE, RETRY, decision_for
 
-__all__ = ["dask_task_runner", "load_settings", "retry_transient", "settle", "store_for"]
+__all__ = [
+    "dask_task_runner",
+    "load_settings",
+    "prefect_api",
+    "retry_transient",
+    "settle",
+    "store_for",
+]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -81,3 +91,40 @@ def settle(
         )
         get_run_logger().warning("quarantined %s/%s: %s", source, product_id, exc)
         return None
+
+
+@contextmanager
+def prefect_api(settings: Settings) -> Iterator[None]:
+    """The configured Prefect server, or one temporary local API for the whole run.
+
+    Without a server each process that runs tasks, every Dask worker included, would start
+    its own temporary API; one shared API (its URL in the environment the workers inherit)
+    saves those start-ups and keeps every run of a pipeline in one database.
+    """
+    if settings.prefect_api_url or os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            try:
+                yield
+            finally:
+                _drain_prefect_clients()
+    finally:
+        os.environ.pop("PREFECT_API_URL", None)
+        server.stop()
+
+
+def _drain_prefect_clients() -> None:
+    """Send the queued logs and events while the API still answers (else exit waits on them)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)

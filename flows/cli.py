@@ -104,10 +104,15 @@ def demo(store: StoreOption = None) -> None:
     The archive holds four PDS4 DEM tiles near the Chang'e-5 site and twelve sample records;
     the demo ends with a search. Deterministic: a second run writes nothing new.
     """
+    from lunarchive.flows._runtime import load_settings, prefect_api
     from lunarchive.flows.demo import run_demo
 
     url = _store_url(store)
-    with _one_line_errors(), out.status("Harvest → process (Dask) → publish …"):
+    with (
+        _one_line_errors(),
+        prefect_api(load_settings()),
+        out.status("Harvest → process (Dask) → publish …"),
+    ):
         result = run_demo(url)
     _print_run(result, url)
     _search_and_print(url, SearchQuery(bbox=(-52.5, 42.5, -51.5, 43.5)), as_json=False)
@@ -132,10 +137,15 @@ def pipeline(
     ] = False,
 ) -> None:
     """Harvest SOURCE_URL, build its cube on Dask, and publish a release of the catalog."""
+    from lunarchive.flows._runtime import load_settings, prefect_api
     from lunarchive.flows.pipeline import pipeline as pipeline_flow
 
     url = _store_url(store)
-    with _one_line_errors(), out.status(f"Harvest {source} → process (Dask) → publish …"):
+    with (
+        _one_line_errors(),
+        prefect_api(load_settings()),
+        out.status(f"Harvest {source} → process (Dask) → publish …"),
+    ):
         result = pipeline_flow(
             source_url, source, store_url=url, allow_local_sources=allow_local_sources or None
         )

@@ -10,6 +10,7 @@ data there.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Sequence
 from typing import Final
@@ -83,6 +84,17 @@ def _union_geobox(tiles: Sequence[xr.DataArray], *, crs: pyproj.CRS) -> GeoBox:
     row1 = math.ceil((bottom - y0) / y_res - _SNAP_PX)
     affine = Affine(x_res, 0.0, x0 + col0 * x_res, 0.0, y_res, y0 + row0 * y_res)
     return GeoBox((row1 - row0, col1 - col0), affine, crs)
+
+
+class _DropAlwaysYx(logging.Filter):
+    """odc-geo 0.5.3 hands ``always_yx`` to GDAL as a warp option, which GDAL reports as
+    unsupported on every chunk: harmless (the option only matters to odc-geo), so not shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ALWAYS_YX" not in record.getMessage()
+
+
+logging.getLogger("rasterio._env").addFilter(_DropAlwaysYx())
 
 
 def _onto_grid(tile: xr.DataArray, grid: GeoBox, *, where: str) -> xr.DataArray:
