@@ -1,0 +1,1 @@
+"""JSON Schema (2020-12) files of lunarchive's data contracts, kept beside this module."""
