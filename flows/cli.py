@@ -1,4 +1,4 @@
-"""The ``lunarchive`` command line: ``demo``, ``pipeline``, ``search``.
+"""The ``lunarchive`` command line: ``demo``, ``pipeline``, ``search``, ``inspect``.
 
 Settings come from ``LUNARCHIVE_*`` variables; options given here override them for one run.
 Every failure ends with one readable line on stderr and a non-zero exit status: 1 when the
@@ -24,6 +24,7 @@ from rich.table import Table
 from lunarchive.catalog.search import SearchQuery, search_release
 from lunarchive.flows.settings import Settings
 from lunarchive.schemas.errors import InvalidFilter, LunarchiveError
+from lunarchive.schemas.product import ProductRecord
 
 __all__ = ["app", "main"]
 
@@ -185,6 +186,71 @@ def search(
             limit=limit,
         )
         _search_and_print(_store_url(store), query, as_json=as_json)
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A product: its label, or a data file beside it.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    label: Annotated[bool, typer.Option(help="Include the original label text.")] = False,
+) -> None:
+    """Read one product (PDS4, PDS3, ISIS3, GeoTIFF) and print its record."""
+    from lunarchive.processing.products import read_product
+
+    with _one_line_errors():
+        record = read_product(path)
+    if as_json:
+        exclude = None if label else {"label_text"}
+        sys.stdout.write(record.model_dump_json(indent=2, exclude=exclude) + "\n")
+        return
+    _print_record(record)
+    if label:
+        out.print(record.label_text, highlight=False, markup=False)
+
+
+def _print_record(record: ProductRecord) -> None:
+    table = Table(show_header=False, title=f"{record.format} product {record.lidvid}")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    crs = record.crs
+    rows = {
+        "mission": record.mission,
+        "instrument": record.instrument,
+        "target": record.target,
+        "product type": record.product_type,
+        "processing level": record.processing_level,
+        "time": f"{record.start} → {record.stop}" if record.start or record.stop else None,
+        "CRS": f"{crs.code or 'no IAU code'} ({crs.projection}, R = {crs.radius_m:g} m)"
+        if crs
+        else "none (not map projected)",
+        "resolution": f"{record.resolution_m:g} m" if record.resolution_m else None,
+        "bbox (lunar deg)": ", ".join(f"{v:g}" for v in record.footprint.bbox)
+        if record.footprint
+        else None,
+    }
+    for name, value in rows.items():
+        table.add_row(name, "—" if value is None else str(value))
+    for array in record.arrays:
+        shape = " × ".join(f"{n} {axis}" for n, axis in zip(array.shape, array.axes, strict=True))
+        table.add_row(
+            f"array {array.name or ''}".strip(),
+            f"{shape}, {array.dtype} {array.byte_order}-endian at byte {array.offset_bytes} of "
+            f"{array.file}; value = stored × {array.scale:g} + {array.offset:g}"
+            + (f"; nodata {array.nodata:g}" if array.nodata is not None else "")
+            + (f"; unit {array.unit}" if array.unit else ""),
+        )
+    for part in record.tables:
+        table.add_row(
+            f"table {part.name or ''}".strip(),
+            f"{part.kind}, {part.records} records of {len(part.fields)} fields in {part.file}",
+        )
+    for file in record.files:
+        size = f"{file.size} bytes" if file.size is not None else "size unknown"
+        table.add_row(
+            f"file ({file.role})",
+            f"{file.name}, {size}" + (f", md5 {file.md5}" if file.md5 else ""),
+        )
+    out.print(table)
 
 
 def _parse_bbox(text: str) -> tuple[float, float, float, float]:

@@ -1,9 +1,24 @@
 """lunarchive.processing: lunar products to analysis-ready data (no Prefect, no catalog).
 
-Modules: ``crs`` (Moon CRSs, IAU_2015 codes, lunar footprints), ``readers`` (DEM products to
-lazy xarray, specimen CSV to records), ``mosaic`` (tiles onto one lunar grid with dask),
-``cube`` (Zarr v3 cubes: build, write, summarise), ``demo_archive`` (the demo's synthetic
-lunar archive).
+Modules: ``products`` (one entry point: any product → its ``ProductRecord``), the readers
+``pds4``, ``pds3``, ``isis3``, ``geotiff`` (labels → records, hostile input refused),
+``labels`` (the hardened XML parser), ``arrays`` (declared sizes checked before allocating),
+``crs`` (Moon CRSs, IAU_2015 codes, lunar footprints), ``readers`` (DEM products to lazy
+xarray, specimen CSV to records), ``mosaic`` (tiles onto one lunar grid with dask), ``cube``
+(Zarr v3 cubes: build, write, summarise), ``demo_archive`` (the demo's synthetic archive).
 """
 
-__all__ = ["crs", "cube", "demo_archive", "mosaic", "readers"]
+__all__ = [
+    "arrays",
+    "crs",
+    "cube",
+    "demo_archive",
+    "geotiff",
+    "isis3",
+    "labels",
+    "mosaic",
+    "pds3",
+    "pds4",
+    "products",
+    "readers",
+]
