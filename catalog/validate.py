@@ -1,54 +1,54 @@
-"""STAC validation against a local copy of the JSON Schemas: no network, ever.
+"""STAC validation before anything is published: no object leaves unvalidated.
 
-A schema folder holds ``index.json`` (canonical URL → file, plus ``aliases`` for files whose
-``$id`` differs from their URL). Every ``$ref`` resolves inside the folder; one that does not
-is an error, never a download. An object is checked against its STAC core schema and against
-every extension schema it declares in ``stac_extensions``.
+Schemas come from, in order: a local schema map (a folder with ``index.json`` mapping each
+canonical URL to a file, plus ``aliases`` for files whose ``$id`` differs from their URL, the
+layout of ``shared/stac-schemas``), the STAC core schemas that pystac ships, a cache folder of
+schemas fetched before, and, when allowed, the network (the fetched schema is then cached).
+A ``$ref`` that none of these can resolve is reported as unavailable, never guessed.
+
+An object is checked against its STAC core schema and against every extension schema it
+declares in ``stac_extensions``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
-from functools import cache
+from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonschema
 from referencing import Registry, Resource
-from referencing.exceptions import NoSuchResource
+from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT7
 
-__all__ = ["StacInvalid", "schema_urls", "validate_stac"]
+from lunarchive.schemas.errors import LunarchiveError
+
+__all__ = [
+    "SchemaUnavailable",
+    "StacInvalid",
+    "StacValidator",
+    "schema_urls",
+    "validate_stac",
+]
 
 _CORE = {
     "Feature": "item-spec/json-schema/item.json",
     "Collection": "collection-spec/json-schema/collection.json",
     "Catalog": "catalog-spec/json-schema/catalog.json",
 }
+_FETCH_LIMIT_BYTES = 4 * 1024 * 1024
 
 
-class StacInvalid(ValueError):
+class StacInvalid(LunarchiveError, ValueError):
     """A STAC object broke a schema; the message names the object, the place and the rule."""
 
 
-@cache
-def _registry(schema_dir: Path) -> Registry:
-    index = json.loads((schema_dir / "index.json").read_text(encoding="utf-8"))
-    resources = {
-        url: Resource.from_contents(
-            json.loads((schema_dir / rel).read_text(encoding="utf-8")),
-            default_specification=DRAFT7,
-        )
-        for url, rel in index["schemas"].items()
-    }
-    for alias, url in index.get("aliases", {}).items():
-        resources[alias] = resources[url]
-
-    def refuse(uri: str) -> Resource:
-        raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
-
-    return Registry(retrieve=refuse).with_resources(resources.items())  # type: ignore[call-arg]
+class SchemaUnavailable(LunarchiveError, LookupError):
+    """No local copy of a schema, and fetching it was not allowed or failed."""
 
 
 def schema_urls(stac: Mapping[str, Any]) -> list[str]:
@@ -60,18 +60,134 @@ def schema_urls(stac: Mapping[str, Any]) -> list[str]:
     return [core, *stac.get("stac_extensions", [])]
 
 
-def validate_stac(stac: Mapping[str, Any], schema_dir: Path) -> list[str]:
-    """Validate ``stac``; return the schema URLs it passed, or raise :class:`StacInvalid`."""
-    registry = _registry(schema_dir.resolve())
-    urls = schema_urls(stac)
-    for url in urls:
+class StacValidator:
+    """Validates STAC objects against schemas found locally, or fetched once and cached."""
+
+    def __init__(
+        self,
+        schema_dir: Path | None = None,
+        *,
+        cache_dir: Path | None = None,
+        fetch: bool = False,
+        strict: bool = True,
+        timeout_s: float = 30.0,
+    ) -> None:
+        """``strict=False`` skips a schema that cannot be found (core schemas always can),
+        recording it in :attr:`unavailable`; ``strict=True`` raises SchemaUnavailable."""
+        self.unavailable: set[str] = set()
+        self._strict = strict
+        self._cache_dir = cache_dir
+        self._fetch = fetch
+        self._timeout_s = timeout_s
+        known = _pystac_core_schemas()
+        if schema_dir is not None:
+            known |= _schema_map(schema_dir.resolve())
+        self._registry: Registry = Registry(retrieve=self._retrieve).with_resources(  # type: ignore[call-arg]
+            known.items()
+        )
+
+    def validate(self, stac: Mapping[str, Any]) -> list[str]:
+        """The schema URLs ``stac`` was checked against; raises StacInvalid (and, when
+        strict, SchemaUnavailable)."""
+        checked = []
+        for url in schema_urls(stac):
+            try:
+                schema = self._registry.get_or_retrieve(url).value.contents
+                validator = jsonschema.Draft7Validator(schema, registry=self._registry)
+                error = jsonschema.exceptions.best_match(validator.iter_errors(stac))
+            except (NoSuchResource, Unresolvable) as exc:
+                if self._strict:
+                    raise SchemaUnavailable(f"{stac.get('id')!r}: schema {url}: {exc}") from None
+                self.unavailable.add(url)
+                continue
+            if error is not None:
+                where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+                raise StacInvalid(f"{stac.get('id')!r}, at {where}: {error.message} (schema {url})")
+            checked.append(url)
+        return checked
+
+    def validate_files(self, files: Mapping[str, bytes]) -> list[str]:
+        """Validate every STAC JSON document of a rendered release; returns their keys."""
+        documents = []
+        for key, data in files.items():
+            if key.endswith(".json"):
+                document = json.loads(data)
+                try:
+                    self.validate(document)
+                except StacInvalid as exc:
+                    raise StacInvalid(f"{key}: {exc}") from None
+                documents.append(key)
+        return documents
+
+    def _retrieve(self, uri: str) -> Resource:
+        cached = self._cache_path(uri)
+        if cached is not None and cached.is_file():
+            return _resource(json.loads(cached.read_text(encoding="utf-8")))
+        if not self._fetch:
+            raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+        contents = self._download(uri)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            temp = cached.with_suffix(".tmp")
+            temp.write_text(json.dumps(contents), encoding="utf-8")
+            temp.replace(cached)
+        return _resource(contents)
+
+    def _download(self, uri: str) -> Any:
+        if not uri.startswith("https://"):
+            raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
         try:
-            schema = registry.contents(url)
-        except NoSuchResource:
-            raise StacInvalid(f"{stac.get('id')!r}: no local copy of the schema {url}") from None
-        validator = jsonschema.Draft7Validator(schema, registry=registry)
-        error = jsonschema.exceptions.best_match(validator.iter_errors(stac))
-        if error is not None:
-            where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-            raise StacInvalid(f"{stac.get('id')!r}, at {where}: {error.message} (schema {url})")
-    return urls
+            response = httpx.get(uri, timeout=self._timeout_s, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError:
+            raise NoSuchResource(ref=uri) from None  # type: ignore[call-arg]
+        if len(response.content) > _FETCH_LIMIT_BYTES:
+            raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
+        return response.json()
+
+    def _cache_path(self, uri: str) -> Path | None:
+        if self._cache_dir is None:
+            return None
+        return self._cache_dir / (hashlib.sha256(uri.encode()).hexdigest()[:32] + ".json")
+
+
+def validate_stac(stac: Mapping[str, Any], schema_dir: Path) -> list[str]:
+    """Validate one object against a local schema map only (no network)."""
+    return StacValidator(schema_dir).validate(stac)
+
+
+def _resource(contents: Any) -> Resource:
+    return Resource.from_contents(contents, default_specification=DRAFT7)
+
+
+def _schema_map(schema_dir: Path) -> dict[str, Resource]:
+    index = json.loads((schema_dir / "index.json").read_text(encoding="utf-8"))
+    found = {
+        url: _resource(json.loads((schema_dir / rel).read_text(encoding="utf-8")))
+        for url, rel in index["schemas"].items()
+    }
+    for alias, url in index.get("aliases", {}).items():
+        found[alias] = found[url]
+    return found
+
+
+def _pystac_core_schemas() -> dict[str, Resource]:
+    """The STAC core and GeoJSON schemas that pystac ships, under their own ``$id``."""
+    root = resources.files("pystac.validation") / "jsonschemas"
+    found: dict[str, Resource] = {}
+    for file in _walk(root.iterdir()):
+        contents = json.loads(file.read_text(encoding="utf-8"))
+        if isinstance(contents, dict) and isinstance(contents.get("$id"), str):
+            declared = contents["$id"].rstrip("#")
+            # Some declared ids are off ("…/commonjson"); register the published URL as well.
+            published = declared.rsplit("/", 1)[0] + "/" + file.name
+            found[declared] = found[published] = _resource(contents)
+    return found
+
+
+def _walk(entries: Iterable[Any]) -> Iterable[Any]:
+    for entry in entries:
+        if entry.is_dir():
+            yield from _walk(entry.iterdir())
+        elif entry.name.endswith(".json"):
+            yield entry

@@ -20,6 +20,7 @@ from lunarchive.catalog.layout import safe_id
 from lunarchive.catalog.publish import (
     ITEM_TO_ROOT,
     PublishResult,
+    ReleaseDraft,
     draft_release,
     publish_release,
     read_current,
@@ -31,6 +32,7 @@ from lunarchive.catalog.stac import (
     create_cube_item,
     create_specimen_item,
 )
+from lunarchive.catalog.validate import StacValidator
 from lunarchive.flows._runtime import load_settings, store_for
 from lunarchive.flows.settings import Settings
 from lunarchive.schemas.errors import ProductRejected
@@ -149,8 +151,29 @@ def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) ->
         version = current[0].version if current else None
         return asdict(PublishResult(version, published=False, objects_written=0))
     catalog = build_catalog(name, cubes, samples)
-    result = publish_release(store, draft_release(catalog, shared_objects(processed)))
-    return asdict(result)
+    draft = draft_release(catalog, shared_objects(processed))
+    validate_release(settings, draft)  # an invalid object stops here: nothing is written
+    return asdict(publish_release(store, draft))
+
+
+def validate_release(settings: Settings, draft: ReleaseDraft) -> None:
+    """Every STAC document of the release against its schemas (strict with a schema map)."""
+    validator = StacValidator(
+        settings.stac_schema_dir,
+        cache_dir=settings.stac_schema_cache.expanduser(),
+        fetch=settings.stac_schema_dir is None,
+        strict=settings.stac_schema_dir is not None,
+        timeout_s=settings.http_timeout_s,
+    )
+    checked = validator.validate_files(draft.files)
+    logger = get_run_logger()
+    logger.info("validated %d STAC documents", len(checked))
+    for url in sorted(validator.unavailable):
+        logger.warning(
+            "schema %s could not be fetched: not checked (set LUNARCHIVE_STAC_SCHEMA_DIR "
+            "to a local schema map to validate offline)",
+            url,
+        )
 
 
 @flow(name="publish")

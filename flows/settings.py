@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         default=False,
         description="Allow sources on loopback or private addresses (demo and tests only).",
     )
+    stac_schema_dir: Path | None = Field(
+        default=None,
+        description="A local STAC schema map (index.json: URL → file); unset: fetch and cache.",
+    )
+    stac_schema_cache: Path = Field(
+        default=Path("~/.cache/lunarchive/stac-schemas"),
+        description="Where fetched STAC schemas are kept.",
+    )
     shared_dir: Path = Field(
         default=Path("../shared"), description="Test-only: the shared fixtures folder."
     )

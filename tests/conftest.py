@@ -22,6 +22,10 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from lunarchive.catalog.store import S3Options, Store, open_store
 from lunarchive.flows.settings import Settings, shared_dir
 
+# Every publish in the suite validates strictly against the offline schema copies (the
+# machines have no network); a missing ../shared fails here, loudly.
+os.environ.setdefault("LUNARCHIVE_STAC_SCHEMA_DIR", str(shared_dir(Settings()) / "stac-schemas"))
+
 HOW_TO_RUN = (
     "run the suite through `make test`, or `python infra/services.py run --state DIR -- "
     "pytest ...`, which starts SeaweedFS and PostgreSQL and sets the LUNARCHIVE_* variables"
