@@ -77,6 +77,7 @@ def read_pds3(label: Path) -> ProductRecord:
     label_text = _pvl.read_label_text(label)
     module = _pvl.parse_label(label_text, where=where)
     _check_target(module, where=where)
+    _refuse_compressed_copy(module, where=where)
     block, image = _image_object(module, where=where)
     data_file, offset = _image_location(label, module, block, where=where)
     layout = _image_layout(image, file=data_file.name, offset=offset, where=f"{where}, IMAGE")
@@ -107,6 +108,26 @@ def read_pds3(label: Path) -> ProductRecord:
         )
     except pydantic.ValidationError as exc:
         raise ProductRejected(f"{where}: {_first_error(exc)}") from None
+
+
+def _refuse_compressed_copy(module: Any, *, where: str) -> None:
+    """A ``COMPRESSED_FILE`` label (LOLA's ``LDEM_4_JP2.LBL``) describes two encodings at once.
+
+    Its ``^IMAGE`` names the uncompressed file while its map projection may describe the
+    compressed copy: LDEM_4_JP2.LBL says CENTER_LONGITUDE 0, where LDEM_4.IMG's own label
+    says 180, a 180° shift (GDAL's drivers disagree on it too). The uncompressed product's
+    own label is unambiguous, so that is the one to read.
+    """
+    compressed = _find_object(module, "COMPRESSED_FILE")
+    if compressed is None:
+        return
+    copy = text(get(compressed, "FILE_NAME")) or "the compressed file"
+    original = text(get(_find_object(module, "UNCOMPRESSED_FILE") or {}, "FILE_NAME"))
+    raise ProductRejected(
+        f"{where}, COMPRESSED_FILE: a label for the compressed copy {copy}, whose map "
+        f"projection need not fit {original or 'the uncompressed file'} (rule: read a "
+        "product through its own label; for LOLA, the .LBL beside the .IMG)"
+    )
 
 
 def _check_target(module: Any, *, where: str) -> None:

@@ -82,23 +82,17 @@ def test_ldem_4_map_projection(pds3: Path) -> None:
     assert record.footprint.bbox == (-180.0, -90.0, 180.0, 90.0)
 
 
-def test_ldem_4_jp2_label_points_at_the_img(pds3: Path) -> None:
-    """The JP2 label's ^IMAGE names LDEM_4.IMG; its projection says CENTER_LONGITUDE 0."""
+def test_ldem_4_jp2_label_is_refused_for_its_ambiguous_projection(pds3: Path) -> None:
+    """The JP2 label's ^IMAGE names LDEM_4.IMG (lon_0 = 180 by its own label) while its map
+    projection says CENTER_LONGITUDE 0: reading it would shift the Moon by 180°."""
     label = pds3 / "lro_lola_ldem_4" / "LDEM_4_JP2.LBL"
-    record = read_pds3(label)
-    assert record.start == datetime(2009, 7, 13, 17, 33, 17, 246000, tzinfo=UTC)
-    (array,) = record.arrays
-    assert (array.file, array.shape, array.dtype) == ("LDEM_4.IMG", (720, 1440), "int16")
-    assert (array.scale, array.radius_offset_m) == (0.5, MOON_R)
-    assert [(f.name, f.role) for f in record.files] == [
-        ("LDEM_4_JP2.LBL", "label"),
-        ("LDEM_4.IMG", "data"),
-        ("LDEM_4.JP2", "other"),  # COMPRESSED_FILE; LDEM_4_AUX.XML is absent, so left out
-    ]
-    assert record.crs is not None and record.crs.code == "IAU_2015:30110"
-    # MAP_SCALE 7.5808376060 <km/pix>: kilometres become metres.
-    assert record.resolution_m == pytest.approx(7580.837606)
-    assert record.transform == pytest.approx(gdal_transform(label))
+    with pytest.raises(ProductRejected) as caught:
+        read_pds3(label)
+    message = str(caught.value)
+    assert message.startswith("LDEM_4_JP2.LBL, COMPRESSED_FILE: ")
+    assert "LDEM_4.JP2" in message
+    assert "LDEM_4.IMG" in message
+    assert "rule: read a product through its own label" in message
 
 
 def test_kaguya_tc_unprojected_with_corner_footprint(pds3: Path) -> None:
