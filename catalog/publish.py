@@ -71,10 +71,15 @@ class PublishResult:
     keys: list[str] = field(default_factory=list)
 
 
-def draft_release(catalog: pystac.Catalog, shared: Iterable[ManifestEntry]) -> ReleaseDraft:
-    """Render the static tree (relative links) and the stac-geoparquet of every item."""
+def draft_release(
+    catalog: pystac.Catalog,
+    shared: Iterable[ManifestEntry],
+    extra: Mapping[str, bytes] | None = None,
+) -> ReleaseDraft:
+    """Render the static tree (relative links), the stac-geoparquet of every item, and the
+    ``extra`` files (e.g. queryables; keys relative to the release root)."""
     catalog.normalize_hrefs(_FAKE_ROOT)
-    files = _CollectingStacIO.render(catalog)
+    files = _CollectingStacIO.render(catalog) | dict(extra or {})
     items = [_item_for_release_root(item) for item in catalog.get_items(recursive=True)]
     files["items.parquet"] = _geoparquet(items)
     unique = {entry.key: entry for entry in shared}

@@ -17,10 +17,12 @@ import pystac
 
 __all__ = [
     "EXTENSIONS",
+    "QUERYABLES_REL",
     "CubeDescription",
     "create_catalog",
     "create_collection",
     "create_cube_item",
+    "create_queryables",
     "create_specimen_item",
     "multihash_sha256",
 ]
@@ -34,6 +36,10 @@ EXTENSIONS = {
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 CSV_MEDIA_TYPE = "text/csv"
 _MOON = {"ssys:targets": ["Moon"]}
+QUERYABLES_REL = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
+_TIME_PROPERTIES = {"datetime", "start_datetime", "end_datetime", "created", "updated"}
+_NOT_QUERYABLE = {"proj:wkt2", "proj:projjson", "proj:transform", "proj:shape", "description"}
+_ENUM_LIMIT = 32  # a text property with at most this many values lists them
 
 
 @dataclass(frozen=True)
@@ -208,3 +214,46 @@ def create_specimen_item(
 
 def _rfc3339(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def create_queryables(title: str, items: Sequence[pystac.Item]) -> dict[str, Any]:
+    """The queryables (JSON Schema) of a collection: every property its items carry that a
+    researcher can filter on, typed from the values; short text vocabularies as enums."""
+    values: dict[str, list[Any]] = {}
+    for item in items:
+        for key, value in item.properties.items():
+            if key not in _NOT_QUERYABLE and value is not None:
+                values.setdefault(key, []).append(value)
+    properties: dict[str, Any] = {
+        "id": {"title": "Item identifier", "type": "string"},
+        "collection": {"title": "Collection identifier", "type": "string"},
+        "geometry": {
+            "title": "Footprint, lunar lon/lat degrees",
+            "$ref": "https://geojson.org/schema/Geometry.json",
+        },
+        "datetime": {"type": "string", "format": "date-time"},  # pystac keeps it apart
+    }
+    for key in sorted(values):
+        properties[key] = _queryable(key, values[key])
+    return {
+        "$schema": "https://json-schema.org/draft/2019-09/schema",
+        "type": "object",
+        "title": title,
+        "properties": properties,
+        "additionalProperties": True,
+    }
+
+
+def _queryable(key: str, seen: list[Any]) -> dict[str, Any]:
+    if key in _TIME_PROPERTIES:
+        return {"type": "string", "format": "date-time"}
+    if all(isinstance(v, bool) for v in seen):
+        return {"type": "boolean"}
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in seen):
+        return {"type": "number", "minimum": min(seen), "maximum": max(seen)}
+    if all(isinstance(v, str) for v in seen):
+        distinct = sorted(set(seen))
+        return {"type": "string", **({"enum": distinct} if len(distinct) <= _ENUM_LIMIT else {})}
+    if all(isinstance(v, list) for v in seen):
+        return {"type": "array"}
+    return {}

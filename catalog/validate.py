@@ -107,11 +107,15 @@ class StacValidator:
         return checked
 
     def validate_files(self, files: Mapping[str, bytes]) -> list[str]:
-        """Validate every STAC JSON document of a rendered release; returns their keys."""
+        """Validate every STAC JSON document of a rendered release; returns their keys.
+
+        Files that are not STAC objects (queryables, manifests) are left out."""
         documents = []
         for key, data in files.items():
             if key.endswith(".json"):
                 document = json.loads(data)
+                if document.get("type") not in _CORE:
+                    continue  # not a STAC object (queryables: a JSON Schema)
                 try:
                     self.validate(document)
                 except StacInvalid as exc:

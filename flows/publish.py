@@ -7,6 +7,7 @@ catalog reaches. An unchanged input renders the same release, which publishes no
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
@@ -26,10 +27,12 @@ from lunarchive.catalog.publish import (
     read_current,
 )
 from lunarchive.catalog.stac import (
+    QUERYABLES_REL,
     CubeDescription,
     create_catalog,
     create_collection,
     create_cube_item,
+    create_queryables,
     create_specimen_item,
 )
 from lunarchive.catalog.validate import StacValidator
@@ -110,8 +113,10 @@ def specimen_items(tables: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
 
 def build_catalog(
     name: str, cubes: list[pystac.Item], samples: list[pystac.Item]
-) -> pystac.Catalog:
+) -> tuple[pystac.Catalog, dict[str, bytes]]:
+    """The release's catalog, and the queryables of each collection (keyed in the release)."""
     catalog = create_catalog(CATALOG_ID, "Lunar sample and remote-sensing data of lunarchive.")
+    queryables: dict[str, bytes] = {}
     groups = [
         (f"{name}-dem", "Digital elevation models", "satellite", cubes),
         (f"{name}-samples", "Lunar sample records", "sample", samples),
@@ -127,8 +132,17 @@ def build_catalog(
             target_class=target_class,
         )
         collection.add_items(items)
+        collection.add_link(
+            pystac.Link(QUERYABLES_REL, "./queryables.json", "application/schema+json")
+        )
+        schema = create_queryables(f"Queryables of {collection_id}", items)
+        queryables[f"{collection_id}/queryables.json"] = _json_bytes(schema)
         catalog.add_child(collection)
-    return catalog
+    return catalog, queryables
+
+
+def _json_bytes(data: Mapping[str, Any]) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def shared_objects(processed: Mapping[str, Any]) -> list[ManifestEntry]:
@@ -150,8 +164,8 @@ def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) ->
         current = read_current(store)
         version = current[0].version if current else None
         return asdict(PublishResult(version, published=False, objects_written=0))
-    catalog = build_catalog(name, cubes, samples)
-    draft = draft_release(catalog, shared_objects(processed))
+    catalog, queryables = build_catalog(name, cubes, samples)
+    draft = draft_release(catalog, shared_objects(processed), queryables)
     validate_release(settings, draft)  # an invalid object stops here: nothing is written
     return asdict(publish_release(store, draft))
 

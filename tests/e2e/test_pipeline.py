@@ -109,7 +109,8 @@ def test_release_manifest_lists_every_object_with_size_and_sha256(demo: DemoRuns
         assert demo.store.sha256(entry.key) == entry.sha256, entry.key
     # the release's own files, the cube, and the raw files its items point to
     assert {prefix + "catalog.json", prefix + "items.parquet"} <= keys
-    assert len([k for k in keys if k.startswith(prefix) and k.endswith(".json")]) == 16
+    # catalog + 2 collections + 13 items + 2 queryables
+    assert len([k for k in keys if k.startswith(prefix) and k.endswith(".json")]) == 18
     cube_objects = [k for k in keys if k.startswith("cubes/demo-dem/mosaic/")]
     assert any(k.endswith(".zarr/zarr.json") for k in cube_objects)
     assert any("/height/c/" in k for k in cube_objects)  # chunks, not only metadata
@@ -157,7 +158,7 @@ def test_static_catalog_validates_against_the_stac_schemas(demo: DemoRuns, share
         for e in manifest.objects
         if e.key.startswith(f"releases/{pointer.version}/")
         and e.key.endswith(".json")
-        and not e.key.endswith("/manifest.json")
+        and not e.key.endswith(("/manifest.json", "/queryables.json"))
     ]
     kinds = sorted(doc["type"] for doc in documents)
     assert kinds == ["Catalog"] + ["Collection"] * 2 + ["Feature"] * 13
@@ -168,6 +169,30 @@ def test_static_catalog_validates_against_the_stac_schemas(demo: DemoRuns, share
             assert doc["properties"]["ssys:targets"] == ["Moon"]
     (cube_item,) = [d for d in documents if d.get("collection") == "demo-dem"]
     assert cube_item["properties"]["proj:code"] == "IAU_2015:30110"
+
+
+def test_collections_publish_their_queryables(demo: DemoRuns, archive: Path) -> None:
+    pointer, manifest = current(demo.store)
+    keys = {e.key for e in manifest.objects}
+    base = f"releases/{pointer.version}/demo-samples/"
+    collection = json.loads(demo.store.read(base + "collection.json"))
+    (link,) = [
+        link for link in collection["links"]
+        if link["rel"] == "http://www.opengis.net/def/rel/ogc/1.0/queryables"
+    ]  # fmt: skip
+    assert os.path.normpath(base + link["href"]) in keys
+    queryables = json.loads(demo.store.read(base + "queryables.json"))
+    rows = list(csv.DictReader(io.StringIO((archive / "samples" / "specimens.csv").read_text())))
+    properties = queryables["properties"]
+    assert properties["mission"]["enum"] == sorted({r["mission"] for r in rows})
+    masses = [float(r["mass_g"]) for r in rows]
+    assert properties["mass_g"] == {
+        "type": "number",
+        "minimum": min(masses),
+        "maximum": max(masses),
+    }
+    assert properties["datetime"] == {"type": "string", "format": "date-time"}
+    assert f"releases/{pointer.version}/demo-dem/queryables.json" in keys
 
 
 def search(demo: DemoRuns, *args: str) -> list[dict[str, Any]]:
