@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pystac
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lunarchive.catalog.gc import collect_releases
 from lunarchive.catalog.layout import safe_id
 from lunarchive.catalog.publish import (
     ITEM_TO_ROOT,
@@ -167,7 +168,16 @@ def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) ->
     catalog, queryables = build_catalog(name, cubes, samples)
     draft = draft_release(catalog, shared_objects(processed), queryables)
     validate_release(settings, draft)  # an invalid object stops here: nothing is written
-    return asdict(publish_release(store, draft))
+    result = asdict(publish_release(store, draft))
+    collected = collect_releases(
+        store, keep=settings.keep_releases, grace=timedelta(hours=settings.release_grace_hours)
+    )
+    if collected.deleted:
+        get_run_logger().info(
+            "collected %d old release(s) (%d objects): %s",
+            len(collected.deleted), collected.objects_deleted, ", ".join(collected.deleted),
+        )  # fmt: skip
+    return result | {"collected": collected.deleted}
 
 
 def validate_release(settings: Settings, draft: ReleaseDraft) -> None:

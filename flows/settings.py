@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         default=False,
         description="Allow sources on loopback or private addresses (demo and tests only).",
     )
+    keep_releases: int = Field(
+        default=5, ge=1, description="Releases kept after a publish; older ones are collected."
+    )
+    release_grace_hours: float = Field(
+        default=24.0, ge=0, description="A release prefix younger than this is never collected."
+    )
     stac_schema_dir: Path | None = Field(
         default=None,
         description="A local STAC schema map (index.json: URL → file); unset: fetch and cache.",
