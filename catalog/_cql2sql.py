@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 import cql2
 import pyarrow as pa  # type: ignore[import-untyped]
 import shapely  # type: ignore[import-untyped]
+import shapely.affinity  # type: ignore[import-untyped]
 import shapely.geometry  # type: ignore[import-untyped]
 from shapely.errors import GEOSException  # type: ignore[import-untyped]
 
@@ -48,6 +49,8 @@ __all__ = [
     "check_bbox",
     "join",
     "make_intersects_udf",
+    "normalise_box",
+    "normalise_shape",
     "param",
     "parse_datetime_param",
     "parse_filter",
@@ -534,13 +537,17 @@ def _is_number(value: object) -> bool:
 
 
 def _check_lonlat(bounds: Sequence[float], what: str) -> None:
-    """Lunar lon/lat ranges: a 0..360 longitude is a mistake here, so say so instead of missing."""
+    """Lunar lon/lat ranges, after 0..360 longitudes have been brought to -180..180."""
     minx, miny, maxx, maxy = bounds
     for lon in (minx, maxx):
         if not -180.0 <= lon <= 180.0:
             raise InvalidFilter(
                 f"{what} longitude {lon:g} is outside -180..180 (lunar east-positive)"
             )
+    _check_lat(miny, maxy, what)
+
+
+def _check_lat(miny: float, maxy: float, what: str) -> None:
     for lat in (miny, maxy):
         if not -90.0 <= lat <= 90.0:
             raise InvalidFilter(f"{what} latitude {lat:g} is outside -90..90")
@@ -548,8 +555,71 @@ def _check_lonlat(bounds: Sequence[float], what: str) -> None:
         raise InvalidFilter(f"{what} has miny {miny:g} greater than maxy {maxy:g}")
 
 
+def _check_longitude(lon: float, what: str) -> None:
+    if not -180.0 <= lon <= 360.0:
+        raise InvalidFilter(
+            f"{what} longitude {lon:g} is outside -180..180 and 0..360 (lunar east-positive)"
+        )
+
+
+def _wrap(lon: float) -> float:
+    """A longitude of -180..360 as -180..180 (0..360 is the other east-positive convention)."""
+    return lon - 360.0 if lon > 180.0 else lon
+
+
+def normalise_box(box: Box, what: str = "bbox") -> Box:
+    """A bbox with longitudes in -180..180, read from either convention (LUNAR-DATA.md 4.2).
+
+    Each edge is read on its own: ``west`` is where the box starts and ``east`` where it ends
+    going east, so ``[170, 0, 190, 10]`` (0..360) becomes ``[170, 0, -170, 10]``, a box across
+    +-180, and ``[350, 0, 10, 10]`` becomes ``[-10, 0, 10, 10]``. A box going once round or
+    more (``[0, .., 360, ..]``) is every longitude.
+    """
+    minx, miny, maxx, maxy = box
+    _check_longitude(minx, what)
+    _check_longitude(maxx, what)
+    _check_lat(miny, maxy, what)
+    if maxx - minx >= 360.0:
+        return (-180.0, miny, 180.0, maxy)
+    west, east = _wrap(minx), _wrap(maxx)
+    if west == 180.0 and east != 180.0:
+        west = -180.0  # a box starting on the seam starts on its western side
+    if east == -180.0 and west != -180.0:
+        east = 180.0
+    return (west, miny, east, maxy)
+
+
+_EAST_OF_SEAM: Final = shapely.box(180.0, -90.0, 360.0, 90.0)
+_WEST_OF_SEAM: Final = shapely.box(-180.0, -90.0, 180.0, 90.0)
+
+
+def normalise_shape(shape: Any, what: str = "geometry literal") -> Any:
+    """A shape with longitudes in -180..180: a 0..360 shape is cut at 180 and its eastern part
+    moved by -360 (so a polygon across 180 becomes a MultiPolygon on both sides of the seam).
+
+    A shape whose longitudes mix the two conventions (below 0 and above 180) is refused: it
+    has no single reading.
+    """
+    minx, miny, maxx, maxy = (float(value) for value in shape.bounds)
+    _check_longitude(minx, what)
+    _check_longitude(maxx, what)
+    _check_lat(miny, maxy, what)
+    if maxx <= 180.0:
+        return shape
+    if minx < 0.0:
+        raise InvalidFilter(
+            f"{what} mixes longitudes below 0 and above 180; use -180..180 or 0..360, not both"
+        )
+    west = shapely.intersection(shape, _WEST_OF_SEAM)
+    east = shapely.affinity.translate(shapely.intersection(shape, _EAST_OF_SEAM), xoff=-360.0)
+    parts = [part for part in (west, east) if not part.is_empty]
+    return shapely.union_all(parts) if len(parts) > 1 else parts[0]
+
+
 def check_bbox(values: object, what: str = "bbox") -> Box:
-    """A 2D ``[minx, miny, maxx, maxy]`` (or 3D, z ignored); ``minx > maxx`` crosses +-180."""
+    """A 2D ``[minx, miny, maxx, maxy]`` (or 3D ``[minx, miny, minz, maxx, maxy, maxz]``, searched
+    by its 2D footprint), longitudes -180..180 or 0..360; in the result ``minx > maxx`` means the
+    box crosses +-180."""
     if not isinstance(values, Sequence) or isinstance(values, str) or len(values) not in (4, 6):
         raise InvalidFilter(
             f"{what} needs 4 numbers [minx, miny, maxx, maxy], got {quote(_as_list(values))}"
@@ -564,8 +634,7 @@ def check_bbox(values: object, what: str = "bbox") -> Box:
         if len(coords) == 4
         else (coords[0], coords[1], coords[3], coords[4])
     )
-    _check_lonlat(box, what)
-    return box
+    return normalise_box(box, what)
 
 
 def _as_list(value: object) -> object:
@@ -613,10 +682,22 @@ class Area:
         bounds = tuple(float(value) for value in shape.bounds)
         if not all(math.isfinite(value) for value in bounds):
             raise InvalidFilter("geometry literal has coordinates that are not finite numbers")
-        _check_lonlat(bounds, "geometry literal")
         if not shape.is_valid:
             shape = shapely.make_valid(shape)
-        return cls(shape, ((bounds[0], bounds[1], bounds[2], bounds[3]),))
+        shape = normalise_shape(shape)
+        _check_lonlat(tuple(float(value) for value in shape.bounds), "geometry literal")
+        # One prefilter box per part: a shape split at the seam is two narrow boxes, not one
+        # box round the whole Moon.
+        boxes = tuple(
+            (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+            for b in (part.bounds for part in shapely.get_parts(shape))
+        )
+        return cls(shape, boxes)
+
+    def to_geojson(self) -> dict[str, Any]:
+        """The area as GeoJSON (lunar lon/lat, -180..180), e.g. for a database that searches it."""
+        mapping: dict[str, Any] = json.loads(json.dumps(shapely.geometry.mapping(self.shape)))
+        return mapping
 
 
 def _box_prefilter(bbox: Sql, box: Box) -> Sql:

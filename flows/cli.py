@@ -23,7 +23,7 @@ from rich.table import Table
 
 from lunarchive.catalog.search import SearchQuery, search_release
 from lunarchive.flows.settings import Settings
-from lunarchive.schemas.errors import InvalidFilter, LunarchiveError
+from lunarchive.schemas.errors import ConfigurationError, InvalidFilter, LunarchiveError
 from lunarchive.schemas.product import ProductRecord
 
 __all__ = ["app", "main"]
@@ -186,6 +186,45 @@ def search(
             limit=limit,
         )
         _search_and_print(_store_url(store), query, as_json=as_json)
+
+
+@app.command()
+def serve(
+    store: StoreOption = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="PostgreSQL with PostGIS [default: LUNARCHIVE_DATABASE_URL]."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    asset_base: Annotated[
+        str | None,
+        typer.Option(help="Public URL of the store root, for asset links [default: the store]."),
+    ] = None,
+    load_only: Annotated[
+        bool, typer.Option("--load-only", help="Load the current release, do not serve.")
+    ] = False,
+) -> None:
+    """Load the store's current release into pgstac and serve the STAC API (stac-fastapi-pgstac)."""
+    from lunarchive.flows._runtime import load_settings, store_for
+    from lunarchive.flows.serve import load_current_release
+
+    with _one_line_errors():
+        settings = load_settings(store_url=_store_url(store))
+        secret = settings.database_url.get_secret_value() if settings.database_url else None
+        url = database_url or secret
+        if not url:
+            raise ConfigurationError("no database: give --database-url or LUNARCHIVE_DATABASE_URL")
+        loaded = load_current_release(store_for(settings), url, asset_base=asset_base)
+    state = "loaded" if loaded.loaded else "already loaded"
+    err.print(f"release {loaded.version} {state}: {loaded.items} item(s)", highlight=False)
+    if load_only:
+        return
+    import uvicorn
+
+    from lunarchive.catalog.api import create_app
+
+    uvicorn.run(create_app(url), host=host, port=port, log_level="warning")
 
 
 @app.command()

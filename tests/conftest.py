@@ -77,3 +77,24 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     else:
         options = request.getfixturevalue("s3_options")
         yield open_store(request.getfixturevalue("s3_url"), s3=options)
+
+
+@pytest.fixture
+def fresh_database() -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL (with PostGIS), dropped afterwards."""
+    import psycopg
+
+    base = os.environ.get("LUNARCHIVE_DATABASE_URL")
+    if not base:
+        pytest.fail(f"LUNARCHIVE_DATABASE_URL is not set: {HOW_TO_RUN}", pytrace=False)
+    name = f"lunarchive_t_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = base.rsplit("/", 1)[0] + "/" + name
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+        yield url
+    finally:
+        with psycopg.connect(base, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

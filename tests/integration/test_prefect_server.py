@@ -13,13 +13,11 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from lunarchive.catalog.layout import LATEST_KEY
@@ -35,29 +33,13 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh database on the test PostgreSQL, dropped afterwards."""
-    base = os.environ.get("LUNARCHIVE_DATABASE_URL")
-    if not base:
-        pytest.fail("LUNARCHIVE_DATABASE_URL is not set: run the suite through `make test`")
-    name = f"lunarchive_prefect_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield base.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def prefect_api(database: str, tmp_path: Path) -> Iterator[str]:
+def prefect_api(fresh_database: str, tmp_path: Path) -> Iterator[str]:
     state = tmp_path / "prefect-server"
     script = str(ROOT / "infra" / "prefect_server.py")
     env = {**os.environ, "LUNARCHIVE_PROJECT_DIR": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
     started = subprocess.run(
-        [sys.executable, script, "start", "--state", str(state), "--database-url", database],
+        [sys.executable, script, "start", "--state", str(state), "--database-url", fresh_database],
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     try:
@@ -108,7 +90,7 @@ def test_the_pipeline_runs_as_a_deployment_on_a_prefect_server(
     for flow_run in runs:
         flow = httpx.get(f"{prefect_api}/flows/{flow_run['flow_id']}", timeout=30).json()
         by_name.setdefault(flow["name"], []).append(flow_run)
-    assert sorted(by_name) == ["harvest", "pipeline", "process", "publish"]
+    assert {"harvest", "pipeline", "process", "publish"} <= set(by_name)  # and its subflows
     (pipeline_run,) = by_name["pipeline"]
     assert pipeline_run["state"]["type"] == "COMPLETED"
     assert pipeline_run["deployment_id"] is not None

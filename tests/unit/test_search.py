@@ -513,8 +513,8 @@ ERROR_CASES: list[tuple[dict[str, Any], str]] = [
     ),
     ({"filter": "mission = NULL"}, r"use IS NULL"),
     (
-        {"filter": "S_INTERSECTS(geometry, POINT(200 0))"},
-        r"geometry literal longitude 200 is outside -180..180",
+        {"filter": "S_INTERSECTS(geometry, POINT(400 0))"},
+        r"geometry literal longitude 400 is outside -180..180 and 0..360",
     ),
     (
         {"filter": "S_INTERSECTS(geometry, BBOX(0, 10, 5, 0))"},
@@ -554,7 +554,7 @@ ERROR_CASES: list[tuple[dict[str, Any], str]] = [
     ({"bbox": (1, 2, 3)}, r"bbox needs 4 numbers \[minx, miny, maxx, maxy\], got '\[1, 2, 3\]'"),
     ({"bbox": (0, -95, 10, 0)}, r"bbox latitude -95 is outside -90..90"),
     ({"bbox": (0, 10, 10, 0)}, r"bbox has miny 10 greater than maxy 0"),
-    ({"bbox": (190, 0, 200, 10)}, r"bbox longitude 190 is outside -180..180"),
+    ({"bbox": (400, 0, 410, 10)}, r"bbox longitude 400 is outside -180..180 and 0..360"),
     ({"bbox": (0, float("nan"), 1, 1)}, r"bbox holds something that is not a finite number"),
     ({"bbox": ("0", 0, 1, 1)}, r"bbox holds something that is not a finite number"),
     ({"datetime": "yesterday"}, r"datetime 'yesterday' is not an RFC 3339 date-time"),
