@@ -21,6 +21,7 @@ __all__ = [
     "load_settings",
     "prefect_api",
     "retry_transient",
+    "s3_options",
     "settle",
     "store_for",
 ]
@@ -33,17 +34,22 @@ def load_settings(**overrides: Any) -> Settings:
     return settings.model_copy(update=given) if given else settings
 
 
-def store_for(settings: Settings) -> Store:
+def s3_options(settings: Settings) -> S3Options:
+    """The S3 endpoint and credentials of the settings (secrets revealed only here)."""
+
     def reveal(secret: Any) -> str | None:
         return secret.get_secret_value() if secret is not None else None
 
-    options = S3Options(
+    return S3Options(
         endpoint_url=settings.s3_endpoint_url,
         access_key_id=reveal(settings.s3_access_key_id),
         secret_access_key=reveal(settings.s3_secret_access_key),
         region=settings.s3_region,
     )
-    return open_store(settings.store_url, s3=options)
+
+
+def store_for(settings: Settings) -> Store:
+    return open_store(settings.store_url, s3=s3_options(settings))
 
 
 def dask_task_runner(settings: Settings) -> DaskTaskRunner:

@@ -189,6 +189,56 @@ def search(
 
 
 @app.command()
+def sync(
+    source: Annotated[
+        str, typer.Argument(help="The publishing store (s3://…, a folder) or an https:// copy.")
+    ],
+    dest: Annotated[str, typer.Argument(help="The mirror: a folder or s3://bucket/prefix.")],
+    keep: Annotated[int, typer.Option(min=1, help="Releases kept in the mirror.")] = 2,
+    concurrency: Annotated[int, typer.Option(min=1, help="Objects moved at once.")] = 8,
+    collections: Annotated[
+        str | None, typer.Option(help="Only the assets of these collections (a,b).")
+    ] = None,
+    bbox: Annotated[
+        str | None, typer.Option(help="Only items meeting W,S,E,N (lunar degrees).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would move; write nothing.")] = False,
+    verify: Annotated[
+        bool, typer.Option(help="Re-hash the whole mirror and repair it from SOURCE.")
+    ] = False,
+) -> None:
+    """Mirror SOURCE's current release into DEST: only new or changed objects, each verified
+    against the manifest before it is placed; DEST's pointer flips only when all is there."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from lunarchive.flows._runtime import load_settings
+    from lunarchive.flows.sync import mirror
+    from lunarchive.flows.sync import verify as verify_mirror
+
+    settings = load_settings()
+    dest_url = _store_url(dest)
+    with _one_line_errors():
+        if verify:
+            audit = verify_mirror(settings, dest_url, source)
+            out.print(f"checked {audit.objects_checked} objects ({audit.bytes_checked} bytes): "
+                      f"{len(audit.damaged)} damaged, {len(audit.repaired)} repaired, "
+                      f"{len(audit.failed)} failed", highlight=False)  # fmt: skip
+            raise typer.Exit(audit.exit_code())
+        columns = (*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(),
+                   TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+            task = bar.add_task("sync", total=None)
+            report = mirror(
+                settings, source, dest_url, keep=keep, concurrency=concurrency,
+                collections=collections.split(",") if collections else None, bbox=bbox,
+                dry_run=dry_run,
+                progress=lambda p: bar.update(task, completed=p.bytes_done, total=p.bytes_total),
+            )  # fmt: skip
+    out.print(report.summary(), highlight=False, soft_wrap=True)
+    raise typer.Exit(report.exit_code())
+
+
+@app.command()
 def serve(
     store: StoreOption = None,
     database_url: Annotated[
