@@ -15,11 +15,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from lunarchive.catalog.store import ObjectInfo, S3Options, check_key
-from lunarchive.schemas.errors import StoreConflict, StoreUnsupported, TransientError
+from lunarchive.schemas.errors import (
+    AccessRefused,
+    StoreConflict,
+    StoreUnsupported,
+    TransientError,
+)
 
 if TYPE_CHECKING:
     import zarr.abc.store
@@ -28,6 +34,7 @@ __all__ = ["S3Store"]
 
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 
 
 def _code(exc: ClientError) -> str:
@@ -56,7 +63,10 @@ class S3Store:
                 aws_access_key_id=self.options.access_key_id,
                 aws_secret_access_key=self.options.secret_access_key,
                 region_name=self.options.region,
-                config=Config(retries={"max_attempts": 6, "mode": "standard"}),
+                config=Config(
+                    retries={"max_attempts": 6, "mode": "standard"},
+                    signature_version=UNSIGNED if self.options.anonymous else None,
+                ),
             )
         return self._client
 
@@ -73,6 +83,8 @@ class S3Store:
                 raise StoreConflict(f"{self.url}/{key}: conditional write refused") from None
             if code in _MISSING:
                 raise KeyError(key) from None
+            if code in _DENIED:
+                raise AccessRefused(f"{self.url}/{key}: {name} refused ({code})") from None
             if code.startswith("5") or code in {"SlowDown", "InternalError", "ServiceUnavailable"}:
                 raise TransientError(f"{self.url}/{key}: {name} failed: {code}") from exc
             raise
@@ -121,10 +133,16 @@ class S3Store:
         pages = self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=self.prefix + prefix
         )
-        for page in pages:
-            for entry in page.get("Contents", []):
-                key = str(entry["Key"])[len(self.prefix) :]
-                yield ObjectInfo(key, int(entry["Size"]), str(entry["ETag"]))
+        try:
+            for page in pages:
+                for entry in page.get("Contents", []):
+                    key = str(entry["Key"])[len(self.prefix) :]
+                    yield ObjectInfo(key, int(entry["Size"]), str(entry["ETag"]))
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _DENIED:
+                raise AccessRefused(f"{self.url}/{prefix}: listing refused ({code})") from None
+            raise
 
     def sha256(self, key: str) -> str:
         digest = hashlib.sha256()
@@ -169,7 +187,9 @@ class S3Store:
         if self.options.endpoint_url:
             config["endpoint"] = self.options.endpoint_url
             config["virtual_hosted_style_request"] = False
-        if self.options.access_key_id and self.options.secret_access_key:
+        if self.options.anonymous:
+            config["skip_signature"] = True
+        elif self.options.access_key_id and self.options.secret_access_key:
             config["access_key_id"] = self.options.access_key_id
             config["secret_access_key"] = self.options.secret_access_key
         inner = ObjectS3Store(

@@ -52,9 +52,13 @@ class S3Options:
     access_key_id: str | None = None
     secret_access_key: str | None = None
     region: str = "us-east-1"
+    anonymous: bool = False  # unsigned requests: what the endpoint grants to everyone
 
     def __repr__(self) -> str:
-        return f"S3Options(endpoint_url={self.endpoint_url!r}, region={self.region!r})"
+        return (
+            f"S3Options(endpoint_url={self.endpoint_url!r}, region={self.region!r}, "
+            f"anonymous={self.anonymous!r})"
+        )
 
 
 @runtime_checkable

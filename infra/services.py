@@ -42,7 +42,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +55,10 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 BUCKET = "lunarchive-test"
+# Access tiers (DESIGN.md): each partner's restricted tree is its own bucket; institute keys
+# read the public bucket and their own restricted bucket; anonymous reads the public one.
+RESTRICTED = {"a": "lunarchive-restricted-a", "b": "lunarchive-restricted-b"}
+BUCKETS = (BUCKET, *RESTRICTED.values())
 DATABASE = "lunarchive_test"
 REGION = "us-east-1"
 HOST = "127.0.0.1"
@@ -107,6 +111,7 @@ class Weed:
     secret_key: str
     log: str
     stopped: bool = False
+    institutes: dict[str, list[str]] = field(default_factory=dict)  # name -> [key, secret]
 
     @property
     def endpoint(self) -> str:
@@ -154,6 +159,15 @@ def env_lines(weed: Weed, cluster: Cluster) -> dict[str, str]:
         "LUNARCHIVE_S3_SECRET_ACCESS_KEY": weed.secret_key,
         "LUNARCHIVE_S3_REGION": REGION,
         "LUNARCHIVE_TEST_S3_BUCKET": BUCKET,
+        **{
+            f"LUNARCHIVE_TEST_S3_RESTRICTED_{name.upper()}_BUCKET": bucket
+            for name, bucket in RESTRICTED.items()
+        },
+        **{
+            f"LUNARCHIVE_TEST_S3_INSTITUTE_{name.upper()}_{part}": value
+            for name, (key, secret) in weed.institutes.items()
+            for part, value in (("ACCESS_KEY_ID", key), ("SECRET_ACCESS_KEY", secret))
+        },
         "LUNARCHIVE_DATABASE_URL": f"postgresql://postgres@{HOST}:{cluster.port}/{DATABASE}",
     }
 
@@ -218,14 +232,32 @@ def free_ports(count: int) -> list[int]:
     raise StartError(f"could not find {count} free ports in {PORT_FLOOR}..{ceiling}")
 
 
-def write_s3_config(state: Path, access_key: str, secret_key: str) -> Path:
-    identity = {
-        "name": "lunarchive-admin",
-        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-    }
+def write_s3_config(
+    state: Path, access_key: str, secret_key: str, institutes: dict[str, list[str]]
+) -> Path:
+    """The operator (admin), one identity per institute, and what anonymous requests may do."""
+
+    def reads(bucket: str) -> list[str]:
+        return [f"Read:{bucket}", f"List:{bucket}"]
+
+    identities = [
+        {
+            "name": "lunarchive-admin",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        },
+        *(
+            {
+                "name": f"institute-{name}",
+                "credentials": [{"accessKey": key, "secretKey": secret}],
+                "actions": reads(BUCKET) + reads(RESTRICTED[name]),
+            }
+            for name, (key, secret) in institutes.items()
+        ),
+        {"name": "anonymous", "actions": reads(BUCKET)},
+    ]
     path = state / "s3.json"
-    path.write_text(json.dumps({"identities": [identity]}, indent=2) + "\n")
+    path.write_text(json.dumps({"identities": identities}, indent=2) + "\n")
     path.chmod(0o600)
     return path
 
@@ -258,8 +290,9 @@ def launch_weed(state: Path) -> Weed:
         shutil.rmtree(data)
     data.mkdir(parents=True)
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
-    access_key, secret_key = "LA" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)
-    write_s3_config(state, access_key, secret_key)
+    access_key, secret_key = new_key("LA")
+    institutes = {name: list(new_key(f"L{name.upper()}")) for name in RESTRICTED}
+    write_s3_config(state, access_key, secret_key, institutes)
     log_path = state / "seaweed.log"
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
@@ -270,7 +303,11 @@ def launch_weed(state: Path) -> Weed:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Weed(proc.pid, ports, access_key, secret_key, str(log_path))
+    return Weed(proc.pid, ports, access_key, secret_key, str(log_path), institutes=institutes)
+
+
+def new_key(prefix: str) -> tuple[str, str]:
+    return prefix + secrets.token_hex(9).upper(), secrets.token_urlsafe(30)
 
 
 def log_tail(path: str, lines: int = 5) -> str:
@@ -309,13 +346,13 @@ def s3_client(weed: Weed) -> S3Client:
     )
 
 
-def create_bucket(client: S3Client, weed: Weed, deadline: float) -> None:
+def create_bucket(client: S3Client, weed: Weed, deadline: float, bucket: str = BUCKET) -> None:
     """CreateBucket until it works: the filer may answer InternalError for a few seconds."""
     last = "no attempt"
     while time.monotonic() < deadline:
         check_alive(weed)
         try:
-            client.create_bucket(Bucket=BUCKET)
+            client.create_bucket(Bucket=bucket)
             return
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "?")
@@ -325,7 +362,7 @@ def create_bucket(client: S3Client, weed: Weed, deadline: float) -> None:
         except BotoCoreError as exc:
             last = str(exc)
         time.sleep(0.5)
-    raise StartError(f"could not create bucket {BUCKET}: {last}")
+    raise StartError(f"could not create bucket {bucket}: {last}")
 
 
 def expect_412(action: Callable[[], object], what: str) -> None:
@@ -362,7 +399,8 @@ def start_weed_once(state: Path, data: dict[str, Any]) -> Weed:
     deadline = time.monotonic() + START_TIMEOUT_S
     wait_for_port(weed, weed.ports["s3.port"], deadline)
     client = s3_client(weed)
-    create_bucket(client, weed, deadline)
+    for bucket in BUCKETS:
+        create_bucket(client, weed, deadline, bucket)
     check_conditional_writes(client)
     return weed
 

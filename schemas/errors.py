@@ -10,6 +10,7 @@ __all__ = [
     "FAIL",
     "QUARANTINE",
     "RETRY",
+    "AccessRefused",
     "ConfigurationError",
     "InvalidFilter",
     "InvalidKey",
@@ -45,6 +46,10 @@ class StoreUnsupported(LunarchiveError, RuntimeError):
 
 class TransientError(LunarchiveError, OSError):
     """A network or service hiccup worth retrying."""
+
+
+class AccessRefused(LunarchiveError, PermissionError):
+    """The store refused the credentials in use (S3 403): this tier is not theirs to read."""
 
 
 class SourceRefused(LunarchiveError, PermissionError):
