@@ -207,8 +207,10 @@ def sync(
         bool, typer.Option(help="Re-hash the whole mirror and repair it from SOURCE.")
     ] = False,
 ) -> None:
-    """Mirror SOURCE's current release into DEST: only new or changed objects, each verified
-    against the manifest before it is placed; DEST's pointer flips only when all is there."""
+    """Mirror SOURCE's current release into DEST, verified, moving only what is new.
+
+    Each object is checked against the manifest before it is placed; DEST's pointer flips
+    only when the whole release is there."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
     from lunarchive.flows._runtime import load_settings
@@ -340,6 +342,17 @@ def _print_record(record: ProductRecord) -> None:
             f"{file.name}, {size}" + (f", md5 {file.md5}" if file.md5 else ""),
         )
     out.print(table)
+
+
+def _mount_subcommands() -> None:
+    """Commands that live in their own modules (each imports what it needs lazily)."""
+    from lunarchive.flows.cli_harvest import harvest_command, status_command
+
+    app.command("harvest")(harvest_command)
+    app.command("status")(status_command)
+
+
+_mount_subcommands()
 
 
 def _parse_bbox(text: str) -> tuple[float, float, float, float]:

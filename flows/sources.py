@@ -1,9 +1,14 @@
-"""Harvest source adapter: an archive published as an HTTP directory listing.
+"""HTTP access to upstream archives: safe, polite, resumable.
 
-Real lunar archives (PDS Geosciences Node volumes, LROC's RDR tree) are browsable this way.
 Every request is checked against the source rules before connecting (RELIABILITY.md R14):
-only http(s), and no loopback, private or link-local address unless the settings allow it;
-redirects are followed by hand so that each hop is checked too.
+only http(s); never a link-local, private, multicast or reserved address; loopback only when
+the settings allow local sources (the demo's server and the tests' mirrors). Redirects are
+followed by hand so that each hop is checked too.
+
+:class:`Fetcher` adds what a harvester owes the archives it reads: a User-Agent naming
+lunarchive, a per-host limit on concurrent requests, timeouts, and retries with exponential
+backoff on transient errors only (R5: 5xx, 429, dropped connections; never a 404). Downloads
+go to a local staging file and resume with an HTTP ``Range`` request after an interruption.
 """
 
 from __future__ import annotations
@@ -11,10 +16,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from collections.abc import Iterator
-from contextlib import closing
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urljoin, urlparse
 
@@ -22,10 +31,22 @@ import httpx
 
 from lunarchive.schemas.errors import ProductRejected, SourceRefused, TransientError
 
-__all__ = ["RemoteFile", "check_source_url", "fetch", "list_directory"]
+__all__ = [
+    "Downloaded",
+    "Fetcher",
+    "HttpPolicy",
+    "RemoteFile",
+    "check_source_url",
+    "describe_file",
+    "fetch",
+    "list_directory",
+    "user_agent",
+]
 
 _MAX_REDIRECTS = 5
+_REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_LISTING_BYTES = 8 * 1024 * 1024
+_BLOCK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -37,50 +58,101 @@ class RemoteFile:
     filename: str
 
 
+def user_agent() -> str:
+    try:
+        release = version("lunarchive")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        release = "0"
+    return f"lunarchive/{release} (lunar archive harvester; +https://github.com/lunarchive)"
+
+
 def check_source_url(url: str, *, allow_local: bool) -> None:
-    """Refuse a URL that breaks the source rules, before any connection is made."""
+    """Refuse a URL that breaks the source rules, before any connection is made.
+
+    Loopback is allowed only with ``allow_local``; link-local (cloud metadata), private,
+    multicast and reserved addresses are always refused.
+    """
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise SourceRefused(f"{url}: only http:// and https:// sources are allowed")
-    if allow_local:
-        return
+        raise SourceRefused(f"{url}: only http:// and https:// sources are allowed (rule R14)")
     try:
         infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise TransientError(f"{url}: cannot resolve {parsed.hostname}: {exc}") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
+        if address.is_loopback and allow_local:
+            continue
+        if address.is_loopback:
+            raise SourceRefused(
+                f"{url}: {parsed.hostname} resolves to {address}, a loopback address (rule "
+                "R14; LUNARCHIVE_ALLOW_LOCAL_SOURCES=true is for local mirrors only)"
+            )
         if not address.is_global or address.is_multicast:
             raise SourceRefused(
-                f"{url}: {parsed.hostname} resolves to {address}, a loopback, private or "
-                "link-local address (rule R14; LUNARCHIVE_ALLOW_LOCAL_SOURCES=true is for "
-                "local mirrors only)"
+                f"{url}: {parsed.hostname} resolves to {address}, a private, link-local or "
+                "reserved address (rule R14: sources must be public hosts)"
             )
 
 
-def _get(client: httpx.Client, url: str, *, allow_local: bool) -> httpx.Response:
+class _Throttled(TransientError):
+    """429 or 503 with a ``Retry-After`` the backoff honours."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _raise_for_status(url: str, response: httpx.Response, ok: tuple[int, ...] = ()) -> None:
+    if response.status_code in ok:
+        return
+    if response.status_code >= 500 or response.status_code == 429:
+        response.close()
+        raise _Throttled(f"{url}: HTTP {response.status_code}", _retry_after(response))
+    if response.status_code in (401, 403):
+        # archives have answered 401 for a whole data set during a permission change
+        # (SOURCES.md §2.5): retried, and left for the next run, never quarantined
+        response.close()
+        raise TransientError(f"{url}: HTTP {response.status_code} (access denied for now)")
+    if response.status_code >= 300:
+        response.close()
+        raise ProductRejected(f"{url}: HTTP {response.status_code}")
+
+
+def _get(
+    client: httpx.Client,
+    url: str,
+    *,
+    allow_local: bool,
+    headers: dict[str, str] | None = None,
+    ok: tuple[int, ...] = (),
+) -> httpx.Response:
     """GET with every redirect hop checked; the caller closes the streamed response."""
     for _ in range(_MAX_REDIRECTS + 1):
         check_source_url(url, allow_local=allow_local)
         try:
-            response = client.send(client.build_request("GET", url), stream=True)
+            response = client.send(client.build_request("GET", url, headers=headers), stream=True)
         except httpx.TransportError as exc:
-            raise TransientError(f"{url}: {exc}") from exc
-        if not response.is_redirect:
-            _raise_for_status(url, response)
+            raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        location = response.headers.get("location")
+        if response.status_code not in _REDIRECTS or not location:
+            _raise_for_status(url, response, ok)
             return response
         response.close()
-        url = urljoin(url, response.headers["location"])
+        url = urljoin(url, location)
     raise SourceRefused(f"{url}: more than {_MAX_REDIRECTS} redirects")
-
-
-def _raise_for_status(url: str, response: httpx.Response) -> None:
-    if response.status_code >= 500 or response.status_code == 429:
-        response.close()
-        raise TransientError(f"{url}: HTTP {response.status_code}")
-    if response.status_code >= 400:
-        response.close()
-        raise ProductRejected(f"{url}: HTTP {response.status_code}")
 
 
 class _Links(HTMLParser):
@@ -93,12 +165,25 @@ class _Links(HTMLParser):
             self.hrefs.extend(value for name, value in attrs if name == "href" and value)
 
 
-def _listing(client: httpx.Client, url: str, *, allow_local: bool) -> list[str]:
-    with closing(_get(client, url, allow_local=allow_local)) as response:
-        body = b"".join(_limited(response, _MAX_LISTING_BYTES, url))
+def _hrefs(body: bytes) -> list[str]:
     parser = _Links()
     parser.feed(body.decode("utf-8", errors="replace"))
     return parser.hrefs
+
+
+def _listing(client: httpx.Client, url: str, *, allow_local: bool) -> list[str]:
+    with closing(_get(client, url, allow_local=allow_local)) as response:
+        body = b"".join(_limited(response, _MAX_LISTING_BYTES, url))
+    return _hrefs(body)
+
+
+def _children(base: str, hrefs: list[str]) -> Iterator[str]:
+    """The links of a listing that lie below it: no parent, sort or off-site links."""
+    for href in hrefs:
+        target = urljoin(base, href)
+        if not target.startswith(base) or target == base or "?" in href or "#" in href:
+            continue
+        yield target
 
 
 def list_directory(
@@ -107,10 +192,7 @@ def list_directory(
     """Every file below a directory listing, in name order; links out of it are ignored."""
     base = url if url.endswith("/") else url + "/"
     found: list[RemoteFile] = []
-    for href in _listing(client, base, allow_local=allow_local):
-        target = urljoin(base, href)
-        if not target.startswith(base) or target == base or "?" in href or "#" in href:
-            continue  # parent links, sort links, other hosts
+    for target in _children(base, _listing(client, base, allow_local=allow_local)):
         if target.endswith("/"):
             if depth > 0:
                 found.extend(
@@ -124,7 +206,7 @@ def list_directory(
 
 def _limited(response: httpx.Response, limit: int, url: str) -> Iterator[bytes]:
     seen = 0
-    for block in response.iter_bytes(1024 * 1024):
+    for block in response.iter_bytes():  # as received: a dropped transfer keeps its bytes
         seen += len(block)
         if seen > limit:
             raise ProductRejected(f"{url}: larger than the {limit}-byte limit")
@@ -143,7 +225,210 @@ def fetch(
         declared = int(response.headers.get("content-length", "0") or 0)
         if declared > max_bytes:
             raise ProductRejected(f"{remote.url}: declares {declared} bytes, over {max_bytes}")
-        for block in _limited(response, max_bytes, remote.url):
-            digest.update(block)
-            out.write(block)
+        try:
+            for block in _limited(response, max_bytes, remote.url):
+                digest.update(block)
+                out.write(block)
+        except httpx.TransportError as exc:
+            raise TransientError(f"{remote.url}: {type(exc).__name__}: {exc}") from exc
     return digest.hexdigest()
+
+
+# --- the polite, resumable fetcher of the harvest engine ----------------------------------
+
+
+@dataclass(frozen=True)
+class HttpPolicy:
+    """How a :class:`Fetcher` treats the hosts it reads."""
+
+    allow_local: bool = False
+    timeout_s: float = 60.0
+    attempts: int = 4  # tries per request, the first included
+    backoff_s: float = 1.0  # the first wait; doubled after each failure
+    max_backoff_s: float = 60.0
+    per_host: int = 2  # concurrent requests per host
+    max_bytes: int = 2 * 1024**3  # per file
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A complete file in staging, with what its transfer said and what its bytes are."""
+
+    path: Path
+    size: int
+    md5: str
+    sha256: str
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A small document read whole (an index, an inventory, a label, a listing)."""
+
+    body: bytes | None  # None: not modified since the validators given
+    etag: str | None
+    last_modified: str | None
+
+
+class Fetcher:
+    """A thread-safe HTTP client for one harvest run."""
+
+    def __init__(self, policy: HttpPolicy, *, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.policy = policy
+        self._sleep = sleep
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(policy.timeout_s),
+            follow_redirects=False,
+            headers={"User-Agent": user_agent()},
+        )
+        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _slot(self, url: str) -> Iterator[None]:
+        host = urlparse(url).netloc.lower()
+        with self._lock:
+            gate = self._hosts.setdefault(host, threading.BoundedSemaphore(self.policy.per_host))
+        with gate:
+            yield
+
+    def _retrying[T](self, what: Callable[[], T]) -> T:
+        """``what()``, tried again after a transient error, with exponential backoff."""
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                return what()
+            except TransientError as exc:
+                if attempt == self.policy.attempts:
+                    raise
+                wait = self.policy.backoff_s * 2 ** (attempt - 1)
+                if isinstance(exc, _Throttled) and exc.retry_after is not None:
+                    wait = max(wait, exc.retry_after)
+                self._sleep(min(wait, self.policy.max_backoff_s))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def read(
+        self,
+        url: str,
+        *,
+        limit: int = 64 * 1024 * 1024,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> Fetched:
+        """A whole small document; ``body`` is None when the validators say it is unchanged."""
+        headers = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+
+        def once() -> Fetched:
+            with self._slot(url):
+                response = _get(
+                    self._client,
+                    url,
+                    allow_local=self.policy.allow_local,
+                    headers=headers,
+                    ok=(304,),
+                )
+                with closing(response):
+                    validators = (
+                        response.headers.get("etag"),
+                        response.headers.get("last-modified"),
+                    )
+                    if response.status_code == 304:
+                        return Fetched(None, etag, last_modified)
+                    try:
+                        body = b"".join(_limited(response, limit, url))
+                    except httpx.TransportError as exc:
+                        raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
+            return Fetched(body, *validators)
+
+        return self._retrying(once)
+
+    def list_directory(self, url: str, *, depth: int) -> list[str]:
+        """The file URLs below a directory listing (links out of it ignored), sorted."""
+        base = url if url.endswith("/") else url + "/"
+        body = self.read(base, limit=_MAX_LISTING_BYTES).body or b""
+        found: list[str] = []
+        for target in _children(base, _hrefs(body)):
+            if not target.endswith("/"):
+                found.append(target)
+            elif depth > 0:
+                found.extend(self.list_directory(target, depth=depth - 1))
+        return sorted(found)
+
+    def download(self, url: str, part: Path) -> Downloaded:
+        """``url`` into ``part``, resuming what a previous attempt left there (HTTP Range)."""
+        resumed = False
+
+        def once() -> None:
+            nonlocal resumed
+            have = part.stat().st_size if part.exists() else 0
+            resumed = resumed or have > 0
+            self._transfer(url, part, have)
+
+        self._retrying(once)
+        return describe_file(part, resumed=resumed)
+
+    def _transfer(self, url: str, part: Path, have: int) -> None:
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        with self._slot(url):
+            response = _get(
+                self._client, url, allow_local=self.policy.allow_local, headers=headers, ok=(416,)
+            )
+            with closing(response):
+                if response.status_code == 416:
+                    part.unlink(missing_ok=True)  # what we hold is not a prefix: start again
+                    raise TransientError(f"{url}: range {have}- not satisfiable, starting over")
+                start = _resume_offset(response, have, url)
+                length = int(response.headers.get("content-length") or 0)
+                if start + length > self.policy.max_bytes:
+                    raise ProductRejected(
+                        f"{url}: {start + length} bytes, over the {self.policy.max_bytes}-byte "
+                        "limit (LUNARCHIVE_MAX_DOWNLOAD_BYTES)"
+                    )
+                part.parent.mkdir(parents=True, exist_ok=True)
+                with part.open("r+b" if start else "wb") as out:
+                    out.seek(start)
+                    out.truncate()
+                    try:
+                        for block in _limited(response, self.policy.max_bytes - start, url):
+                            out.write(block)
+                    except httpx.TransportError as exc:
+                        raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
+
+
+def _resume_offset(response: httpx.Response, have: int, url: str) -> int:
+    """Where the body starts in the file: ``have`` for a matching 206, else 0."""
+    if response.status_code != 206:
+        return 0
+    content_range = response.headers.get("content-range", "")
+    try:
+        unit, _, span = content_range.partition(" ")
+        first = int(span.split("-", 1)[0])
+    except ValueError:
+        raise TransientError(f"{url}: unreadable Content-Range {content_range!r}") from None
+    if unit != "bytes" or first != have:
+        raise TransientError(f"{url}: asked for bytes {have}-, got {content_range!r}")
+    return have
+
+
+def describe_file(path: Path, *, resumed: bool = False) -> Downloaded:
+    """A staged file's size, md5 and sha256."""
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK):
+            md5.update(block)
+            sha.update(block)
+            size += len(block)
+    return Downloaded(path, size, md5.hexdigest(), sha.hexdigest(), resumed)
