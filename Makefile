@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 12))' || \
@@ -34,6 +34,10 @@ lint: $(STAMP)
 ## make test: install, start SeaweedFS + PostgreSQL/PostGIS, lint, run the suite, stop the services
 test: $(STAMP) lint
 	$(BIN)/python infra/services.py run --state .services -- $(BIN)/python -m pytest tests --ignore=tests/benchmarks
+
+## make bench: the benchmarks (not part of make test); figures in the README
+bench: $(STAMP)
+	$(BIN)/python -m tests.benchmarks.bench_cubes --size-mb 288
 
 clean:
 	rm -rf $(VENV) .prefect .services .mypy_cache .ruff_cache .pytest_cache lunarchive.egg-info

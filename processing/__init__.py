@@ -3,7 +3,10 @@
 Modules: ``products`` (one entry point: any product → its ``ProductRecord``), the readers
 ``pds4``, ``pds3``, ``isis3``, ``geotiff`` (labels → records, hostile input refused),
 ``labels`` (the hardened XML parser), ``arrays`` (declared sizes checked before allocating),
-``crs`` (Moon CRSs, IAU_2015 codes, lunar footprints), ``readers`` (DEM products to lazy
+``crs`` (Moon CRSs, IAU_2015 codes, lunar footprints), ``grids`` (named lunar grids and
+their tilings), ``tiles`` / ``warp`` (per-tile cubes on Dask, overlap rules, provenance),
+``pyramid`` (Zarr tiles with overviews and ``multiscales``), ``stats``, ``quicklook``,
+``samples`` (sample tables: validation, units, GeoParquet), ``readers`` (DEM products to lazy
 xarray, specimen CSV to records), ``mosaic`` (tiles onto one lunar grid with dask), ``cube``
 (Zarr v3 cubes: build, write, summarise), ``demo_archive`` (the demo's synthetic archive).
 """
@@ -14,11 +17,18 @@ __all__ = [
     "cube",
     "demo_archive",
     "geotiff",
+    "grids",
     "isis3",
     "labels",
     "mosaic",
     "pds3",
     "pds4",
     "products",
+    "pyramid",
+    "quicklook",
     "readers",
+    "samples",
+    "stats",
+    "tiles",
+    "warp",
 ]

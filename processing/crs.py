@@ -59,6 +59,7 @@ CrsLike = pyproj.CRS | str | _HasWkt
 
 _MOON_CODES: Final = r"301\d\d"  # IAU_2015 body 301: the Moon
 _EDGE_POINTS: Final = 51  # points per edge when densifying a footprint (as transform_bounds)
+_POLE_POINT_M: Final = 1e-3  # a pole that projects to points this close is one point
 _SIMPLIFY_DEG: Final = 1e-7  # ~3 mm on the Moon: drops collinear points from the densified ring
 _REL_TOL: Final = 1e-9
 _DECIMALS: Final = 10
@@ -195,8 +196,9 @@ def lunar_footprint(crs: CrsLike, bounds: BBox) -> tuple[BBox, Geometry]:
     bbox whose west is greater than its east; a footprint that encloses a pole becomes a
     polygon running to the pole over all longitudes.
     """
-    ring = _densified_ring(assert_lunar(crs, where="lunar_footprint"), bounds)
-    pole = _enclosed_pole(ring)
+    parsed = assert_lunar(crs, where="lunar_footprint")
+    ring = _densified_ring(parsed, bounds)
+    pole = _enclosed_pole(parsed, bounds)
     if pole is not None:
         return _polar_cap(ring[np.abs(ring[:, 1]) < 90.0], pole=pole)
     unwrapped = np.unwrap(ring[:, 0], period=360.0)
@@ -205,18 +207,27 @@ def lunar_footprint(crs: CrsLike, bounds: BBox) -> tuple[BBox, Geometry]:
     return _split_at_seam(np.column_stack([unwrapped, ring[:, 1]]))
 
 
-def _enclosed_pole(ring: np.ndarray) -> float | None:
-    """The pole that the closed ``ring`` winds around (its longitudes turn a full circle).
+def _enclosed_pole(crs: pyproj.CRS, bounds: BBox) -> float | None:
+    """The pole (±90) that ``bounds`` enclose in ``crs``, or None.
 
-    Points on a pole are left out: their longitude means nothing. So a grid that merely
-    reaches ±90° (an equirectangular global grid, whose edge runs along the pole) encloses
-    no pole.
+    A pole is enclosed when the CRS maps it to one point (a polar or azimuthal projection)
+    lying strictly inside the bounds. A cylindrical CRS maps a pole to a line, so its grids
+    never enclose one, even when their edge runs a hair past the pole (LOLA's global grids):
+    such a grid is a band over all longitudes, not a cap.
     """
-    off_pole = ring[np.abs(ring[:, 1]) < 90.0]
-    turned = np.diff(np.unwrap(off_pole[:, 0], period=360.0)).sum()
-    if abs(turned) < 270.0:
-        return None
-    return 90.0 if off_pole[:, 1].mean() > 0 else -90.0
+    left, bottom, right, top = bounds
+    transformer = pyproj.Transformer.from_crs(moon_geographic(), crs, always_xy=True)
+    lons = np.array([-180.0, -90.0, 0.0, 90.0])
+    for pole in (90.0, -90.0):
+        xs, ys = transformer.transform(lons, np.full_like(lons, pole), errcheck=False)
+        points = np.column_stack([xs, ys])
+        if not np.isfinite(points).all():
+            continue
+        x, y = points.mean(axis=0)
+        spread = float(np.ptp(points, axis=0).max())
+        if spread <= _POLE_POINT_M and left < x < right and bottom < y < top:
+            return pole
+    return None
 
 
 def _densified_ring(crs: pyproj.CRS, bounds: BBox) -> np.ndarray:

@@ -32,7 +32,7 @@ from lunarchive.processing.crs import (
 )
 from lunarchive.processing.mosaic import CHUNK_PX
 
-__all__ = ["CubeSummary", "build_cube", "cube_summary", "write_cube"]
+__all__ = ["CubeSummary", "build_cube", "cube_summary", "prepare_for_zarr", "write_cube"]
 
 _ZSTD_LEVEL: Final = 3
 _VARIABLE_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -63,16 +63,26 @@ class CubeSummary:
 
 
 def build_cube(mosaic: xr.DataArray, *, name: str) -> xr.Dataset:
-    """Wrap a 2-D lunar ``mosaic`` as a one-variable cube Dataset called ``name`` (lazy)."""
+    """Wrap a lunar ``mosaic`` as a one-variable cube Dataset called ``name`` (lazy).
+
+    ``mosaic`` is 2-D ``(y, x)`` or multi-band ``(band, y, x)``; coordinates along the band
+    (such as ``wavelength``) are kept.
+    """
     if not _VARIABLE_NAME.fullmatch(name) or name in _RESERVED_NAMES:
         raise ValueError(f"cube variable name {name!r} is not a plain identifier")
-    if mosaic.dims != ("y", "x"):
-        raise ValueError(f"cube {name!r}: dims are {mosaic.dims}, expected ('y', 'x')")
+    if mosaic.dims not in (("y", "x"), ("band", "y", "x")):
+        raise ValueError(
+            f"cube {name!r}: dims are {mosaic.dims}, expected ('y', 'x') or ('band', 'y', 'x')"
+        )
     code, crs = _canonical_crs(assert_lunar(mosaic.rio.crs, where=f"cube {name!r}"))
     attrs = {k: v for k, v in mosaic.attrs.items() if k not in _ENCODING_ATTRS | _ENCODING_ATTRS_CF}
-    variable = xr.DataArray(
-        mosaic.data, coords={"y": mosaic["y"], "x": mosaic["x"]}, dims=("y", "x"), attrs=attrs
-    )
+    # Dimension coordinates and coordinates along the band (e.g. wavelength); not spatial_ref.
+    coords = {
+        key: coord
+        for key, coord in mosaic.coords.items()
+        if coord.dims and set(coord.dims) <= set(mosaic.dims)
+    }
+    variable = xr.DataArray(mosaic.data, coords=coords, dims=mosaic.dims, attrs=attrs)
     variable.attrs.setdefault("reference_radius_m", MOON_RADIUS_M)
     dataset = variable.to_dataset(name=name)
     dataset = dataset.rio.write_crs(crs).rio.write_transform(mosaic.rio.transform())
@@ -95,7 +105,7 @@ def write_cube(ds: xr.Dataset, store: Store, *, overwrite: bool = False) -> None
     cube is never replaced unless ``overwrite`` is given: writing where one exists raises
     :class:`FileExistsError`.
     """
-    prepared = _grid_mapping_as_attribute(ds).chunk({"y": CHUNK_PX, "x": CHUNK_PX})
+    prepared = prepare_for_zarr(ds).chunk({"y": CHUNK_PX, "x": CHUNK_PX})
     encoding = {
         name: {"chunks": (CHUNK_PX, CHUNK_PX), "compressors": (ZstdCodec(level=_ZSTD_LEVEL),)}
         for name in prepared.data_vars
@@ -109,7 +119,7 @@ def write_cube(ds: xr.Dataset, store: Store, *, overwrite: bool = False) -> None
     )
 
 
-def _grid_mapping_as_attribute(ds: xr.Dataset) -> xr.Dataset:
+def prepare_for_zarr(ds: xr.Dataset) -> xr.Dataset:
     """A shallow copy whose variables name their grid mapping in attrs, not in encoding.
 
     ``to_zarr(encoding=...)`` replaces each variable's encoding, and with it the

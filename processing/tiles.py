@@ -1,0 +1,373 @@
+"""One tile of a collection's grid from its input products, lazily, on Dask.
+
+Inputs are :class:`Layer` s: a lazily read DataArray of physical values (scale, offset and
+nodata already applied, NaN where empty, a lunar CRS), dims ``(y, x)`` or ``(band, y, x)``,
+with the product id and acquisition time that the overlap rule and the provenance need.
+
+:func:`build_tile` orders the layers by the collection's overlap rule, splits inputs whose
+longitudes run past ±180° into pieces that each lie on a regular grid, reprojects every piece
+onto the tile (:mod:`~lunarchive.processing.warp`: one GDAL warp per 512 × 512 output
+chunk), and keeps, for each
+pixel, the first layer (in rule order) that has data there. Nothing is computed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import pyproj
+import rasterio  # type: ignore[import-untyped]
+import rioxarray
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
+from lunarchive.processing.cube import build_cube
+from lunarchive.processing.grids import Tile, overlaps
+from lunarchive.processing.warp import mosaic_lazy
+from lunarchive.schemas.errors import ProductRejected
+
+__all__ = [
+    "CHUNK_PX",
+    "DEFAULT_LIMITS",
+    "FINGERPRINT_VERSION",
+    "WARP_CHUNK_PX",
+    "Layer",
+    "Limits",
+    "OverlapRule",
+    "build_tile",
+    "check_layer",
+    "mosaic_onto",
+    "normalise_longitudes",
+    "open_bands",
+    "order_layers",
+    "split_at_antimeridian",
+    "tile_fingerprint",
+]
+
+CHUNK_PX: Final = 512
+"""The spatial chunk edge of tile cubes (and of the reprojection tasks)."""
+WARP_CHUNK_PX: Final = 1024
+"""The output block of one warp task: 2 × 2 stored chunks, since each GDAL warp call costs a
+few milliseconds whatever its size (a 512² warp is a third overhead, a 1024² one a tenth)."""
+READ_CHUNK_PX: Final = 2048
+"""The chunk edge inputs are read with: 16 MiB of float32 per band."""
+
+OverlapRule = Literal["newest", "finest", "priority"]
+"""How overlapping inputs are resolved: newest acquisition first, finest resolution first, or
+a declared priority list of product ids (products not listed come after, newest first)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """R12: what an input may decode to, checked before anything is read."""
+
+    max_input_bytes: int = 32 * 1024**3  # one input, decoded
+    max_chunk_bytes: int = 512 * 1024**2  # one chunk of an input or of a stored cube, decoded
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One input product, read lazily: physical values, NaN where empty, a lunar CRS."""
+
+    data: xr.DataArray
+    product_id: str
+    acquired: datetime | None = None
+    checksum: str | None = None  # of the product's files (e.g. sha256), for the fingerprint
+
+    @property
+    def resolution_m(self) -> float:
+        """The input's pixel size in metres (at the equator, for a geographic CRS)."""
+        crs = pyproj.CRS.from_user_input(self.data.rio.crs)
+        x_res, y_res = (abs(v) for v in self.data.rio.resolution())
+        if crs.is_geographic:
+            return math.sqrt(x_res * y_res) * math.pi * MOON_RADIUS_M / 180.0
+        factor = crs.axis_info[0].unit_conversion_factor
+        return math.sqrt(x_res * y_res) * factor
+
+
+def check_layer(layer: Layer, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuse an input that would decode past the limits (R12), before reading any of it."""
+    data, where = layer.data, layer.product_id
+    if data.nbytes > limits.max_input_bytes:
+        raise ProductRejected(
+            f"{where}: decodes to {data.nbytes} bytes ({' x '.join(map(str, data.shape))} "
+            f"{data.dtype}), over the {limits.max_input_bytes}-byte limit "
+            "(rule: inputs are bounded, R12)"
+        )
+    chunk = _largest_chunk_bytes(data)
+    if chunk > limits.max_chunk_bytes:
+        raise ProductRejected(
+            f"{where}: a chunk decodes to {chunk} bytes, over the {limits.max_chunk_bytes}-byte "
+            "limit (rule: chunks are bounded, R12)"
+        )
+
+
+def _largest_chunk_bytes(data: xr.DataArray) -> int:
+    if data.chunks is None:
+        return int(data.nbytes)
+    return math.prod(max(sizes) for sizes in data.chunks) * data.dtype.itemsize
+
+
+def order_layers(
+    layers: Sequence[Layer], rule: OverlapRule, priority: Sequence[str] = ()
+) -> list[Layer]:
+    """The layers in the order the rule gives them precedence; ties go to the product id, so
+    that the same inputs always make the same tile (R9)."""
+
+    def newest(layer: Layer) -> tuple[int, float]:
+        stamp = layer.acquired.timestamp() if layer.acquired else -math.inf
+        return (layer.acquired is None, -stamp)
+
+    if rule == "newest":
+        key: Any = lambda layer: (*newest(layer), layer.product_id)  # noqa: E731
+    elif rule == "finest":
+        key = lambda layer: (round(layer.resolution_m, 6), *newest(layer), layer.product_id)  # noqa: E731
+    elif rule == "priority":
+        rank = {product: i for i, product in enumerate(priority)}
+        key = lambda layer: (  # noqa: E731
+            rank.get(layer.product_id, len(rank)),
+            *newest(layer),
+            layer.product_id,
+        )
+    else:
+        raise ValueError(f"unknown overlap rule {rule!r} (newest, finest or priority)")
+    return sorted(layers, key=key)
+
+
+def build_tile(
+    layers: Sequence[Layer],
+    tile: Tile,
+    *,
+    variable: str = "height",
+    resampling: str = "bilinear",
+    rule: OverlapRule = "newest",
+    priority: Sequence[str] = (),
+    limits: Limits = DEFAULT_LIMITS,
+) -> xr.Dataset:
+    """The cube of one ``tile`` from the ``layers`` that overlap it (lazy; float32, NaN empty).
+
+    Layers that do not overlap the tile are left out; the others must agree on the band
+    dimension. The Dataset's attributes name the grid, the tile, the rule and the inputs in
+    precedence order (``lunarchive:inputs``: product id, acquisition time, resolution).
+    Raises :class:`ProductRejected` for an input past the limits and :class:`ValueError`
+    when no layer overlaps the tile.
+    """
+    for layer in layers:
+        check_layer(layer, limits)
+    touching = [layer for layer in layers if _overlaps(layer, tile)]
+    if not touching:
+        raise ValueError(f"tile {tile.grid}/{tile.id}: no input overlaps it")
+    ordered = order_layers(touching, rule, priority)
+    _check_bands(ordered, where=f"tile {tile.grid}/{tile.id}")
+    merged = mosaic_onto(ordered, tile.geobox, resampling=resampling)
+    cube = build_cube(merged, name=variable)
+    cube.attrs.update(
+        {
+            "lunarchive:grid": tile.grid,
+            "lunarchive:tile": tile.id,
+            "lunarchive:resampling": resampling,
+            "lunarchive:overlap_rule": rule,
+            "lunarchive:inputs": [_provenance(layer) for layer in ordered],
+        }
+    )
+    cube.attrs["lunarchive:fingerprint"] = tile_fingerprint(cube.attrs, variable=variable)
+    return cube
+
+
+FINGERPRINT_VERSION: Final = 1
+"""Bumped when the same inputs would give different cube bytes (a new algorithm)."""
+
+
+def tile_fingerprint(attrs: dict[str, Any], *, variable: str) -> str:
+    """sha256 of what decides a tile's bytes: grid, tile, variable, resampling, rule, and the
+    inputs in precedence order (id, acquisition, checksum). The flow compares it with the
+    published tile's ``lunarchive:fingerprint`` and rebuilds only on a change (R9)."""
+    keys = ("lunarchive:grid", "lunarchive:tile", "lunarchive:resampling")
+    identity = {
+        "version": FINGERPRINT_VERSION,
+        "variable": variable,
+        **{key: attrs[key] for key in (*keys, "lunarchive:overlap_rule", "lunarchive:inputs")},
+    }
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def mosaic_onto(layers: Sequence[Layer], geobox: GeoBox, *, resampling: str) -> xr.DataArray:
+    """``layers`` (already in precedence order) warped onto ``geobox`` and merged first-wins,
+    lazily; the result carries the first layer's attributes and the GeoBox's CRS."""
+    target = pyproj.CRS.from_user_input(geobox.crs.to_wkt() if geobox.crs else None)
+    pieces = [piece for layer in layers for piece in normalise_longitudes(layer.data, target)]
+    merged = mosaic_lazy(pieces, geobox, resampling=resampling, chunk_px=WARP_CHUNK_PX)
+    merged.attrs = _variable_attrs(layers[0].data)
+    result: xr.DataArray = merged.rio.write_crs(target.to_wkt()).rio.write_transform(geobox.affine)
+    return result
+
+
+def _overlaps(layer: Layer, tile: Tile) -> bool:
+    crs = assert_lunar(layer.data.rio.crs, where=layer.product_id)
+    return overlaps(tile, crs, layer.data.rio.bounds())
+
+
+def _check_bands(layers: Sequence[Layer], *, where: str) -> None:
+    bands = {
+        tuple(layer.data["band"].values.tolist()) if "band" in layer.data.dims else None
+        for layer in layers
+    }
+    if len(bands) > 1:
+        raise ProductRejected(f"{where}: inputs have different bands {sorted(map(str, bands))}")
+    for layer in layers:
+        if layer.data.dims not in (("y", "x"), ("band", "y", "x")):
+            raise ProductRejected(
+                f"{layer.product_id}: dims {layer.data.dims} (rule: (y, x) or (band, y, x))"
+            )
+
+
+def normalise_longitudes(data: xr.DataArray, target: pyproj.CRS) -> list[xr.DataArray]:
+    """``data`` as pieces that lie within ±180° of ``target``'s central meridian.
+
+    An equirectangular input whose CRS differs from ``target`` only in its central meridian
+    (LOLA's 0..360° grids, centred on 180°, going to a grid centred on 0°) is moved onto
+    ``target`` by a shift of x, exactly, rather than warped across the seam (where a warp's
+    source window is ill-defined); then :func:`split_at_antimeridian` wraps what lies past it.
+    """
+    shift = _meridian_shift(pyproj.CRS.from_user_input(data.rio.crs), target)
+    if shift is not None:
+        moved = data.assign_coords(x=data["x"] + shift).rio.write_crs(target.to_wkt())
+        data = moved.rio.write_transform(moved.rio.transform(recalc=True))
+    return split_at_antimeridian(data)
+
+
+def _meridian_shift(source: pyproj.CRS, target: pyproj.CRS) -> float | None:
+    """x of ``target`` minus x of ``source`` (m), when both are the same equirectangular
+    projection of the same sphere except for the central meridian; None otherwise."""
+    src, dst = _eqc_parameters(source), _eqc_parameters(target)
+    if src is None or dst is None:
+        return None
+    meridian = "8802"  # longitude of natural origin
+    if {k: v for k, v in src.items() if k != meridian} != {
+        k: v for k, v in dst.items() if k != meridian
+    }:
+        return None
+    radius, parallel = src["radius"], src.get("8823", 0.0)
+    return radius * math.cos(parallel) * (src.get(meridian, 0.0) - dst.get(meridian, 0.0))
+
+
+def _eqc_parameters(crs: pyproj.CRS) -> dict[str, float] | None:
+    operation = crs.coordinate_operation if crs.is_projected else None
+    ellipsoid = crs.ellipsoid
+    if operation is None or ellipsoid is None or operation.method_code not in ("1028", "1029"):
+        return None
+    if crs.axis_info[0].unit_conversion_factor != 1.0:
+        return None
+    params = {
+        p.code: round(float(p.value) * p.unit_conversion_factor, 12) for p in operation.params
+    }
+    return {**params, "radius": ellipsoid.semi_major_metre}
+
+
+def split_at_antimeridian(data: xr.DataArray) -> list[xr.DataArray]:
+    """``data`` as pieces whose longitudes lie within the CRS's ±180° (longitude normalisation).
+
+    Products on a cylindrical grid often run 0..360° E on a CRS centred on 0° (GLD100), so
+    their eastern half lies past +180°, where a warp finds nothing. The part past the seam
+    is shifted by one turn; each piece keeps a regular grid of its own.
+    """
+    period = _cylindrical_period(pyproj.CRS.from_user_input(data.rio.crs))
+    if period is None:
+        return [data]
+    x = data["x"].values
+    half = period / 2.0
+    pieces = [
+        data.isel(x=np.flatnonzero(x < -half)).assign_coords(x=lambda d: d["x"] + period),
+        data.isel(x=np.flatnonzero((x >= -half) & (x <= half))),
+        data.isel(x=np.flatnonzero(x > half)).assign_coords(x=lambda d: d["x"] - period),
+    ]
+    result = []
+    for piece in pieces:
+        if piece.sizes["x"]:
+            # Coordinates changed: the transform must be recomputed from them.
+            result.append(piece.rio.write_transform(piece.rio.transform(recalc=True)))
+    return result
+
+
+def _cylindrical_period(crs: pyproj.CRS) -> float | None:
+    """One turn of longitude in the CRS's x units, for geographic and equirectangular CRSs."""
+    if crs.is_geographic:
+        return 360.0
+    operation = crs.coordinate_operation
+    if operation is None or operation.method_code not in ("1028", "1029"):
+        return None
+    standard = next((float(p.value) for p in operation.params if p.code == "8823"), 0.0)
+    return 2.0 * math.pi * MOON_RADIUS_M * math.cos(math.radians(standard))
+
+
+def _variable_attrs(data: xr.DataArray) -> dict[str, Any]:
+    return {k: v for k, v in data.attrs.items() if isinstance(v, str | int | float)}
+
+
+def _provenance(layer: Layer) -> dict[str, Any]:
+    return {
+        "product_id": layer.product_id,
+        "acquired": layer.acquired.isoformat() if layer.acquired else None,
+        "resolution_m": round(layer.resolution_m, 6),
+        "checksum": layer.checksum,
+    }
+
+
+_WAVELENGTH_NM: Final = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*<\s*nm\s*>", re.IGNORECASE)
+
+
+def open_bands(path: Path, *, chunk_px: int = READ_CHUNK_PX) -> xr.DataArray:
+    """Open a multi-band map product lazily: ``(band, y, x)`` float32, NaN for nodata.
+
+    Each band gets its own scale and offset as GDAL reports them; the ``wavelength``
+    coordinate (nm) comes from the label's ``CENTER_FILTER_WAVELENGTH`` (PDS3, as Kaguya MI
+    gives it) or per-band ``wavelength`` metadata, when there is one.
+    """
+    try:
+        with rasterio.open(path) as src:
+            crs = assert_lunar(src.crs, where=path.name)
+            scales, offsets, nodata = src.scales, src.offsets, src.nodata
+            wavelengths = _wavelengths(src)
+    except rasterio.errors.RasterioIOError as exc:
+        raise ProductRejected(f"{path.name}: GDAL cannot open it ({exc})") from None
+    raw = rioxarray.open_rasterio(
+        path, chunks={"band": -1, "y": chunk_px, "x": chunk_px}, mask_and_scale=False
+    )
+    assert isinstance(raw, xr.DataArray)
+    values = raw.astype(np.float32)
+    if nodata is not None:
+        values = values.where(raw != nodata)
+    scale = xr.DataArray(np.asarray(scales, np.float32), dims="band")
+    offset = xr.DataArray(np.asarray(offsets, np.float32), dims="band")
+    result: xr.DataArray = (values * scale + offset).rio.write_crs(crs)
+    result = result.assign_coords(band=np.arange(1, raw.sizes["band"] + 1))
+    if wavelengths is not None and len(wavelengths) == raw.sizes["band"]:
+        result = result.assign_coords(wavelength=("band", np.asarray(wavelengths)))
+        result["wavelength"].attrs = {"units": "nm", "long_name": "band centre wavelength"}
+    result.attrs = {}
+    result.encoding["source"] = str(path)
+    return result
+
+
+def _wavelengths(src: Any) -> list[float] | None:
+    centre = src.tags().get("CENTER_FILTER_WAVELENGTH")
+    if centre:
+        return [float(v) for v in _WAVELENGTH_NM.findall(centre)] or None
+    per_band = [src.tags(i).get("wavelength") for i in range(1, src.count + 1)]
+    if all(per_band):
+        return [float(v) for v in per_band]
+    return None

@@ -1,0 +1,415 @@
+"""Benchmark: lunarchive vs GDAL building the same lunar mosaics as Zarr v3.
+
+Input (generated, deterministic): float32 GeoTIFF tiles in IAU_2015:30100 sampling a known
+smooth surface, split between an equatorial set (mosaicked to IAU_2015:30110) and a
+south-polar set, latitudes −90..−80° (mosaicked to IAU_2015:30135).
+
+* lunarchive: ``open_dem`` on each tile, ``mosaic_onto`` (one GDAL warp per 512 × 512 chunk,
+  on Dask threads), ``write_tile`` without overviews.
+* GDAL (the libgdal bundled in rasterio's wheel, called in-process through its C API):
+  ``GDALBuildVRT`` → ``GDALWarp -of VRT -multi -wo NUM_THREADS=ALL_CPUS`` →
+  ``GDALTranslate -of Zarr`` (FORMAT=ZARR_V3).
+
+Both use bilinear resampling, zstd level 3, 512 × 512 chunks and the same CPUs (each runs in
+its own process pinned to them, which also gives each its own peak-memory figure). Both
+outputs are checked against the known surface. Wall time is measured inside each process,
+from opening the inputs to the last byte written.
+
+    python -m tests.benchmarks.bench_cubes --size-mb 288 --cores 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import glob
+import importlib
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MOON_RADIUS_M = 1_737_400.0
+DEGREE_M = math.pi * MOON_RADIUS_M / 180.0
+TILE_PX = 2048
+POLAR_EDGE_LAT = -80.0
+ZSTD_LEVEL = 3
+CHUNK_PX = 512
+TOLERANCE_M = 1.0  # bilinear interpolation error of the smooth surface at these resolutions
+
+
+def surface(lon_deg: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
+    """The known height (m): smooth on the sphere, poles included (a function of the unit
+    vector, so it has no seam and no polar singularity)."""
+    lon, lat = np.radians(lon_deg), np.radians(lat_deg)
+    vx, vy, vz = np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)
+    result: np.ndarray = (
+        2000.0 * np.sin(3.0 * vx) + 1500.0 * np.cos(2.0 * vy + 0.5) + 1000.0 * np.sin(4.0 * vz)
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    inputs: list[str]
+    crs: str
+    bounds: tuple[float, float, float, float]  # output left, bottom, right, top (m)
+    resolution: float  # output m/px
+
+
+# --- input generation ---------------------------------------------------------------------
+
+
+def generate(folder: Path, size_mb: float) -> tuple[list[Job], int]:
+    """Write the input tiles; return the two mosaic jobs and the input bytes."""
+    import rasterio  # type: ignore[import-untyped]
+    from rasterio.transform import from_origin  # type: ignore[import-untyped]
+
+    pixels = size_mb * 1024**2 / 4 / 2  # per set
+    step = math.sqrt(360.0 * (POLAR_EDGE_LAT + 90.0) / pixels)  # degrees per pixel, both sets
+    total = 0
+
+    def write(name: str, west: float, north: float, width: int, height: int) -> str:
+        nonlocal total
+        path = folder / f"{name}.tif"
+        lons = west + step * (np.arange(width) + 0.5)
+        lats = north - step * (np.arange(height) + 0.5)
+        values = surface(lons[None, :], lats[:, None]).astype(np.float32)
+        profile = {
+            "driver": "GTiff",
+            "width": width,
+            "height": height,
+            "count": 1,
+            "dtype": "float32",
+            "crs": "IAU_2015:30100",
+            "transform": from_origin(west, north, step, step),
+            "tiled": True,
+            "blockxsize": 512,
+            "blockysize": 512,
+        }
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(values, 1)
+        total += values.nbytes
+        return str(path)
+
+    # South-polar set: latitudes −90..−80, all longitudes, in columns of TILE_PX.
+    polar_w, polar_h = round(360.0 / step), round((POLAR_EDGE_LAT + 90.0) / step)
+    polar = [
+        write(
+            f"sp_{i:03d}", -180.0 + x0 * step, POLAR_EDGE_LAT, min(TILE_PX, polar_w - x0), polar_h
+        )
+        for i, x0 in enumerate(range(0, polar_w, TILE_PX))
+    ]
+    # Equatorial set: a square of the same pixel count, centred on (0°, 0°), in TILE_PX tiles.
+    side = round(math.sqrt(polar_w * polar_h))
+    west = north = side * step / 2.0
+    equatorial = [
+        write(
+            f"eq_{r:02d}{c:02d}",
+            -west + x0 * step,
+            north - y0 * step,
+            min(TILE_PX, side - x0),
+            min(TILE_PX, side - y0),
+        )
+        for r, y0 in enumerate(range(0, side, TILE_PX))
+        for c, x0 in enumerate(range(0, side, TILE_PX))
+    ]
+    resolution = step * DEGREE_M
+    half_eq = math.floor(west * DEGREE_M / resolution) * resolution
+    reach = 2.0 * MOON_RADIUS_M * math.tan(math.radians(90.0 + POLAR_EDGE_LAT) / 2.0)
+    half_sp = math.floor(reach / math.sqrt(2.0) / resolution) * resolution  # inside the cap
+    jobs = [
+        Job(
+            "equatorial",
+            equatorial,
+            "IAU_2015:30110",
+            (-half_eq, -half_eq, half_eq, half_eq),
+            resolution,
+        ),
+        Job(
+            "south-polar",
+            polar,
+            "IAU_2015:30135",
+            (-half_sp, -half_sp, half_sp, half_sp),
+            resolution,
+        ),
+    ]
+    return jobs, total
+
+
+# --- the two builders (each runs in its own process) ---------------------------------------
+
+
+def run_lunarchive(job: Job, out: Path, workers: int) -> None:
+    import zarr.storage
+    from affine import Affine
+    from odc.geo.geobox import GeoBox
+
+    from lunarchive.processing.cube import build_cube
+    from lunarchive.processing.pyramid import write_tile
+    from lunarchive.processing.readers import open_dem
+    from lunarchive.processing.tiles import Layer, mosaic_onto
+
+    left, bottom, right, top = job.bounds
+    shape = (round((top - bottom) / job.resolution), round((right - left) / job.resolution))
+    geobox = GeoBox(shape, Affine(job.resolution, 0, left, 0, -job.resolution, top), job.crs)
+    layers = [Layer(open_dem(Path(p)), Path(p).stem) for p in job.inputs]
+    cube = build_cube(mosaic_onto(layers, geobox, resampling="bilinear"), name="height")
+    write_tile(cube, zarr.storage.LocalStore(out), overviews=False)  # on the current client
+
+
+def run_gdal(job: Job, out: Path, workers: int) -> None:
+    import rasterio  # its wheel bundles the libgdal called here
+
+    lib = ctypes.CDLL(
+        glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal-*.so*"))[0]
+    )
+    lib.GDALAllRegister()
+    lib.CPLSetConfigOption(b"GDAL_NUM_THREADS", str(workers).encode())
+    for name in ("GDALBuildVRT", "GDALWarp", "GDALTranslate"):
+        getattr(lib, name).restype = ctypes.c_void_p
+    for name in ("GDALBuildVRTOptionsNew", "GDALWarpAppOptionsNew", "GDALTranslateOptionsNew"):
+        getattr(lib, name).restype = ctypes.c_void_p
+
+    def argv(args: list[str]) -> Any:
+        array = (ctypes.c_char_p * (len(args) + 1))(*[a.encode() for a in args], None)
+        return array
+
+    error = ctypes.c_int(0)
+    names = argv(job.inputs)
+    vrt_options = lib.GDALBuildVRTOptionsNew(argv([]), None)
+    vrt = lib.GDALBuildVRT(
+        b"/vsimem/in.vrt",
+        len(job.inputs),
+        None,
+        names,
+        ctypes.c_void_p(vrt_options),
+        ctypes.byref(error),
+    )
+    left, bottom, right, top = job.bounds
+    warp_args = [
+        "-of", "VRT", "-t_srs", job.crs, "-r", "bilinear", "-multi",
+        "-wo", "NUM_THREADS=ALL_CPUS", "-ot", "Float32", "-dstnodata", "nan",
+        "-te", *map(repr, (left, bottom, right, top)),
+        "-tr", repr(job.resolution), repr(job.resolution),
+    ]  # fmt: skip
+    warp_options = lib.GDALWarpAppOptionsNew(argv(warp_args), None)
+    sources = (ctypes.c_void_p * 1)(vrt)
+    warped = lib.GDALWarp(
+        b"/vsimem/warped.vrt", None, 1, sources, ctypes.c_void_p(warp_options), ctypes.byref(error)
+    )
+    translate_args = [
+        "-of", "Zarr", "-co", "FORMAT=ZARR_V3", "-co", "COMPRESS=ZSTD",
+        "-co", f"ZSTD_LEVEL={ZSTD_LEVEL}", "-co", f"BLOCKSIZE={CHUNK_PX},{CHUNK_PX}",
+    ]  # fmt: skip
+    translate_options = lib.GDALTranslateOptionsNew(argv(translate_args), None)
+    written = lib.GDALTranslate(
+        str(out).encode(),
+        ctypes.c_void_p(warped),
+        ctypes.c_void_p(translate_options),
+        ctypes.byref(error),
+    )
+    if not written or error.value:
+        raise RuntimeError(f"GDALTranslate failed for {job.name}")
+    for handle in (written, warped, vrt):
+        lib.GDALClose(ctypes.c_void_p(handle))
+
+
+def child(tool: str, jobs_file: Path, out_dir: Path, cores: int, scheduler: str) -> None:
+    """One builder, pinned to ``cores`` CPUs; prints its wall times and the peak memory of
+    its process tree (RSS summed over the processes, sampled every 20 ms) as JSON.
+
+    lunarchive runs on Dask threads (``threads``: one process, ``cores`` threads) or as the
+    process flow does (``processes``: a ``LocalCluster`` of ``cores`` single-threaded worker
+    processes, started and warmed before the clock).
+    """
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    jobs = [Job(**j) for j in json.loads(jobs_file.read_text())]
+    client = None
+    if tool == "lunarchive" and scheduler == "threads":
+        import dask
+
+        dask.config.set(scheduler="threads", num_workers=cores)
+    elif tool == "lunarchive":
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=cores, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        client = Client(cluster)
+        for module in ("lunarchive.processing.warp", "lunarchive.processing.pyramid", "zarr"):
+            client.run(importlib.import_module, module)  # workers warm, as in a running flow
+    if tool == "lunarchive":
+        import lunarchive.processing.pyramid
+        import lunarchive.processing.tiles  # noqa: F401  (imports are not timed)
+    monitor = _PeakMemory()
+    runner = run_lunarchive if tool == "lunarchive" else run_gdal
+    seconds = {}
+    for job in jobs:
+        start = time.perf_counter()
+        runner(job, out_dir / f"{job.name}.zarr", cores)
+        seconds[job.name] = time.perf_counter() - start
+    peak_mib = monitor.stop()
+    if client is not None:
+        client.close()
+    print(json.dumps({"seconds": seconds, "peak_mib": peak_mib}))
+
+
+class _PeakMemory:
+    """Samples the RSS of this process and all its descendants in a thread."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._root = psutil.Process()
+        self._peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._done.wait(0.02):
+            total = 0
+            for process in [self._root, *self._root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+            self._peak = max(self._peak, total)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return max(self._peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+
+
+# --- checking against the known surface ------------------------------------------------------
+
+
+def check(job: Job, path: Path, *, sample: int = 4) -> tuple[float, float]:
+    """Max |error| (m) against the surface and the valid fraction, on every ``sample``-th
+    pixel. Read through GDAL, which opens both tools' Zarr."""
+    import pyproj
+    import rasterio
+
+    target = f'ZARR:"{path}":/height' if (path / "height").is_dir() else str(path)
+    with rasterio.open(target) as src:
+        values = src.read(1)[::sample, ::sample].astype(np.float64)
+        transform = src.transform
+        radius = pyproj.CRS.from_user_input(src.crs).ellipsoid.semi_major_metre
+    if radius != MOON_RADIUS_M:
+        raise AssertionError(f"{path}: CRS on a sphere of {radius} m, not the Moon")
+    rows, cols = np.mgrid[0 : values.shape[0], 0 : values.shape[1]] * sample + 0.5
+    xs, ys = transform * (cols, rows)
+    to_lonlat = pyproj.Transformer.from_crs(job.crs, "IAU_2015:30100", always_xy=True)
+    lons, lats = to_lonlat.transform(xs, ys)
+    expected = surface(np.asarray(lons), np.asarray(lats))
+    valid = np.isfinite(values)
+    error = float(np.abs(values[valid] - expected[valid]).max()) if valid.any() else math.inf
+    return error, float(valid.mean())
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def measure(
+    tool: str, jobs_file: Path, out_dir: Path, cores: int, scheduler: str = "threads"
+) -> dict[str, Any]:
+    out_dir.mkdir(parents=True)
+    command = [sys.executable, "-m", "tests.benchmarks.bench_cubes", "--child", tool,
+               "--jobs", str(jobs_file), "--out", str(out_dir), "--cores", str(cores),
+               "--scheduler", scheduler]  # fmt: skip
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=float, default=64.0, help="input size (both sets)")
+    parser.add_argument("--cores", type=int, default=min(2, len(os.sched_getaffinity(0))))
+    parser.add_argument("--scheduler", choices=["threads", "processes"], default="threads")
+    parser.add_argument("--keep", type=Path, default=None, help="keep inputs/outputs here")
+    parser.add_argument("--child", choices=["lunarchive", "gdal"], help=argparse.SUPPRESS)
+    parser.add_argument("--jobs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.jobs, args.out, args.cores, args.scheduler)
+        return 0
+    root = args.keep or Path(tempfile.mkdtemp(prefix="lunarchive-bench-"))
+    try:
+        return _run(root, args.size_mb, args.cores, args.scheduler)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(root: Path, size_mb: float, cores: int, scheduler: str) -> int:
+    (root / "in").mkdir(parents=True, exist_ok=True)
+    jobs, input_bytes = generate(root / "in", size_mb)
+    jobs_file = root / "jobs.json"
+    jobs_file.write_text(json.dumps([job.__dict__ for job in jobs]))
+    runs = {
+        "gdal": measure("gdal", jobs_file, root / "gdal", cores),
+        "lunarchive": measure("lunarchive", jobs_file, root / "lunarchive", cores, scheduler),
+    }
+    if cores > 1:
+        runs["lunarchive-1"] = measure("lunarchive", jobs_file, root / "lunarchive-1", 1, scheduler)
+    mib = input_bytes / 1024**2
+    print(
+        f"\ninput: {mib:.0f} MiB float32 in {sum(len(j.inputs) for j in jobs)} GeoTIFF tiles "
+        f"(IAU_2015:30100); {cores} core(s); bilinear; zstd {ZSTD_LEVEL}; {CHUNK_PX}² chunks; "
+        f"lunarchive on Dask {scheduler}"
+    )
+    print(f"{'tool':<14}{'wall s':>8}{'MiB/s':>8}{'peak MiB':>10}   max |error| m (valid %)")
+    failures = []
+    for tool, run in runs.items():
+        wall = sum(run["seconds"].values())
+        checks = []
+        for job in jobs:
+            error, valid = check(job, root / tool / f"{job.name}.zarr")
+            checks.append(f"{job.name} {error:.3f} ({100 * valid:.1f})")
+            if not (error < TOLERANCE_M and valid > 0.99):
+                failures.append(f"{tool} {job.name}: error {error:.3f} m, valid {valid:.3f}")
+        print(
+            f"{tool:<14}{wall:>8.2f}{mib / wall:>8.1f}{run['peak_mib']:>10.0f}   "
+            + "; ".join(checks)
+        )
+    gdal, ours = runs["gdal"], runs["lunarchive"]
+    time_ratio = sum(ours["seconds"].values()) / sum(gdal["seconds"].values())
+    memory_ratio = ours["peak_mib"] / gdal["peak_mib"]
+    print(
+        f"\nlunarchive / GDAL: wall time {time_ratio:.2f}x (goal <= 0.8), "
+        f"peak memory {memory_ratio:.2f}x (goal <= 1.5)"
+    )
+    if "lunarchive-1" in runs:
+        speedup = sum(runs["lunarchive-1"]["seconds"].values()) / sum(ours["seconds"].values())
+        print(f"lunarchive {cores} workers vs 1: {speedup:.2f}x faster (goal >= 1.7)")
+    if failures:
+        print("\nFAILED against the known surface:\n  " + "\n  ".join(failures))
+        return 1
+    return 0
+
+
+def test_benchmark_outputs_match_the_known_surface() -> None:
+    """Run through pytest explicitly (``pytest tests/benchmarks``): a small size."""
+    assert main(["--size-mb", "16"]) == 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
