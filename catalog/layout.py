@@ -15,11 +15,19 @@ __all__ = [
     "content_version",
     "cube_inventory_key",
     "cube_key",
+    "drop_prefix",
+    "drop_quarantine_prefix",
+    "drop_report_key",
+    "inbox_prefix",
     "manifest_key",
     "raw_key",
     "raw_prefix",
     "release_prefix",
+    "restricted_root",
     "safe_id",
+    "table_key",
+    "table_latest_key",
+    "table_prefix",
 ]
 
 LATEST_KEY = "releases/latest.json"
@@ -67,3 +75,46 @@ def content_version(recipe: str, inputs: list[tuple[str, str]]) -> str:
     for key, sha in sorted(inputs):
         digest.update(f"\n{key}\t{sha}".encode())
     return digest.hexdigest()[:16]
+
+
+# Partner sample drops and the tables they feed (DESIGN.md: inbox/, quarantine/, tables/).
+
+INBOX_PREFIX = "inbox/"
+
+
+def inbox_prefix(partner: str | None = None) -> str:
+    """``inbox/`` or one partner's ``inbox/<partner>/``."""
+    return INBOX_PREFIX if partner is None else check_key(f"inbox/{safe_id(partner)}/")
+
+
+def drop_prefix(partner: str, drop: str) -> str:
+    return check_key(f"inbox/{safe_id(partner)}/{safe_id(drop)}/")
+
+
+def drop_report_key(partner: str, drop: str, suffix: str = "json") -> str:
+    """``report.json`` / ``report.csv`` written back into the drop: its presence means done."""
+    return drop_prefix(partner, drop) + f"report.{safe_id(suffix)}"
+
+
+def drop_quarantine_prefix(partner: str, drop: str) -> str:
+    return check_key(f"quarantine/{safe_id(partner)}/{safe_id(drop)}/")
+
+
+def table_prefix(collection: str, version: str) -> str:
+    return check_key(f"tables/{safe_id(collection)}/{safe_id(version)}/")
+
+
+def table_key(collection: str, version: str, name: str) -> str:
+    """An object of one table version; ``name`` may hold one sub-folder (``by-specimen/x``)."""
+    parts = [safe_id(part) for part in name.split("/")]
+    return table_prefix(collection, version) + "/".join(parts)
+
+
+def table_latest_key(collection: str) -> str:
+    """The pointer to a table's current version (its history is the ``previous`` chain)."""
+    return check_key(f"tables/{safe_id(collection)}/latest.json")
+
+
+def restricted_root(partner: str) -> str:
+    """Where a partner's embargoed tree lives beside the public one on a folder store."""
+    return check_key(f"restricted/{safe_id(partner)}")

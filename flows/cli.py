@@ -347,9 +347,11 @@ def _print_record(record: ProductRecord) -> None:
 def _mount_subcommands() -> None:
     """Commands that live in their own modules (each imports what it needs lazily)."""
     from lunarchive.flows.cli_harvest import harvest_command, status_command
+    from lunarchive.flows.cli_samples import app as samples_app
 
     app.command("harvest")(harvest_command)
     app.command("status")(status_command)
+    app.add_typer(samples_app, name="samples", help="Lunar sample records meet orbital data.")
 
 
 _mount_subcommands()

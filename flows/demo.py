@@ -1,8 +1,10 @@
 """``lunarchive demo``: a small lunar archive on a loopback HTTP server, through the pipeline.
 
-The archive is generated (deterministically, so a second demo writes nothing new), served by
-a throw-away HTTP server on 127.0.0.1, and harvested like any remote archive would be: the
-only difference is that loopback sources are allowed for this one run.
+The archive is generated (deterministically, so a second demo writes nothing new): its DEM
+tiles are served by a throw-away HTTP server on 127.0.0.1 and harvested like any remote
+archive would be (loopback sources are allowed for this one run); its sample drop is put into
+the store's ``inbox/demo-lab/<drop>/`` as a partner laboratory would, and taken in by the
+pipeline's ``harvest-samples`` stage.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from lunarchive.catalog.layout import drop_prefix
+from lunarchive.catalog.store import Store
+from lunarchive.flows._runtime import load_settings, store_for
 from lunarchive.flows.pipeline import pipeline
-from lunarchive.processing.demo_archive import write_demo_archive
+from lunarchive.processing.demo_archive import write_demo_archive, write_demo_drop
 
-__all__ = ["DEMO_SOURCE", "run_demo", "serve_folder"]
+__all__ = ["DEMO_DROP", "DEMO_PARTNER", "DEMO_SOURCE", "put_drop", "run_demo", "serve_folder"]
 
 DEMO_SOURCE = "demo"
+DEMO_PARTNER = "demo-lab"
+DEMO_DROP = "2021-01-15"
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
@@ -44,11 +51,28 @@ def serve_folder(root: Path) -> Iterator[str]:
         thread.join()
 
 
+def put_drop(store: Store, folder: Path, *, partner: str, drop: str) -> list[str]:
+    """Copy a drop folder into ``inbox/<partner>/<drop>/`` as a partner would: data files
+    first, the manifest last; files already there are left alone. Returns the keys written."""
+    prefix = drop_prefix(partner, drop)
+    files = sorted(folder.iterdir(), key=lambda p: (p.name == "manifest.json", p.name))
+    written = []
+    for path in files:
+        if path.is_file() and not store.exists(prefix + path.name):
+            store.write(prefix + path.name, path.read_bytes())
+            written.append(prefix + path.name)
+    return written
+
+
 def run_demo(store_url: str) -> dict[str, Any]:
-    """Generate the demo archive, serve it, run ``pipeline`` on it into ``store_url``."""
+    """Generate the demo archive, put its drop in the inbox, serve its DEM tiles, run
+    ``pipeline`` on them into ``store_url``."""
     with tempfile.TemporaryDirectory(prefix="lunarchive-demo-") as tmp:
         write_demo_archive(Path(tmp))
-        with serve_folder(Path(tmp)) as url:
+        write_demo_drop(Path(tmp) / "drop", partner=DEMO_PARTNER)
+        store = store_for(load_settings(store_url=store_url))
+        put_drop(store, Path(tmp) / "drop", partner=DEMO_PARTNER, drop=DEMO_DROP)
+        with serve_folder(Path(tmp) / "dem") as url:
             result: dict[str, Any] = pipeline(
                 url, DEMO_SOURCE, store_url=store_url, allow_local_sources=True
             )

@@ -1,4 +1,4 @@
-"""The ``process`` flow: harvested DEM tiles → one Zarr v3 cube; sample CSVs → records.
+"""The ``process`` flow: harvested DEM tiles → one Zarr v3 cube.
 
 Runs on prefect-dask's DaskTaskRunner: each task lands on a Dask worker and the array work
 inside it runs on the same cluster (``get_dask_client``). A cube's key comes from a hash of
@@ -25,7 +25,7 @@ from lunarchive.flows.settings import Settings
 from lunarchive.processing.cube import build_cube, cube_summary, write_cube
 from lunarchive.processing.labels import label_time_range
 from lunarchive.processing.mosaic import mosaic
-from lunarchive.processing.readers import open_dem, read_specimens
+from lunarchive.processing.readers import open_dem
 from lunarchive.schemas.errors import ProductRejected
 from lunarchive.schemas.release import ManifestEntry
 
@@ -97,25 +97,10 @@ def _label_of(files: dict[str, Path]) -> Path:
     return labels[0]
 
 
-@task(cache_policy=NO_CACHE)
-def read_sample_records(settings: Settings, product: dict[str, Any]) -> dict[str, Any]:
-    store = store_for(settings)
-    (key,) = [k for k in product["keys"] if k.endswith(".csv")]
-    data = store.read(key)
-    return {
-        "key": key,
-        "records": read_specimens(data, source=key),
-        "size": len(data),
-        "sha256": store.sha256(key),
-    }
-
-
 def _kind(product: dict[str, Any]) -> str | None:
     suffixes = {Path(key).suffix.lower() for key in product["keys"]}
     if ".xml" in suffixes and ".img" in suffixes:
         return "dem"
-    if suffixes == {".csv"}:
-        return "specimens"
     return None
 
 
@@ -123,13 +108,12 @@ def _kind(product: dict[str, Any]) -> str | None:
 def process(
     products: list[dict[str, Any]], collection: str, store_url: str | None = None
 ) -> dict[str, Any]:
-    """Build the DEM cube and read the sample records of the harvested products."""
+    """Build the DEM cube of the harvested products (sample data arrives as partner drops
+    in ``inbox/``, see :mod:`lunarchive.flows.samples`)."""
     settings = load_settings(store_url=store_url)
     dems = [p for p in products if _kind(p) == "dem"]
-    tables = [p for p in products if _kind(p) == "specimens"]
     others = [p["product_id"] for p in products if _kind(p) is None]
     cube = build_dem_cube.submit(settings, f"{collection}-dem", "mosaic", dems) if dems else None
-    samples = {p["product_id"]: read_sample_records.submit(settings, p) for p in tables}
     cubes = (
         [
             settle(
@@ -143,23 +127,12 @@ def process(
         if cube
         else []
     )
-    tables_read = [
-        settle(
-            settings,
-            future,
-            source=collection,
-            product_id=product_id,
-            files=next(p["keys"] for p in tables if p["product_id"] == product_id),
-        )
-        for product_id, future in samples.items()
-    ]
     result = {
         "cubes": [c for c in cubes if c is not None],
-        "samples": [t for t in tables_read if t is not None],
         "unrecognised": others,
     }
     get_run_logger().info(
-        "process: %d cube(s), %d sample table(s), %d product(s) of no known kind",
-        len(result["cubes"]), len(result["samples"]), len(others),
+        "process: %d cube(s), %d product(s) of no known kind",
+        len(result["cubes"]), len(others),
     )  # fmt: skip
     return result

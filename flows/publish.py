@@ -1,15 +1,18 @@
 """The ``publish`` flow: the processed products → a STAC release, then the pointer flips.
 
-Items are built from what ``process`` returned (cube summaries, sample records), every asset
-href is relative to the item inside the release tree, and the release lists every object its
-catalog reaches. An unchanged input renders the same release, which publishes nothing.
+Cube items are built from what ``process`` returned; sample items from the partners' current
+public tables (``tables/<partner>/latest.json``), one collection per programme, with the
+cubes' values at each collection site beside the table. Every asset href is relative to the
+item inside the release tree, and the release lists every object its catalog reaches (cubes,
+raw labels, tables). An unchanged input renders the same release, which publishes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lunarchive.catalog.gc import collect_releases
-from lunarchive.catalog.layout import safe_id
+from lunarchive.catalog.layout import content_version, safe_id, table_key
 from lunarchive.catalog.publish import (
     ITEM_TO_ROOT,
     PublishResult,
@@ -27,6 +30,14 @@ from lunarchive.catalog.publish import (
     publish_release,
     read_current,
 )
+from lunarchive.catalog.samples_stac import (
+    TableAsset,
+    create_sample_collection,
+    create_sample_item,
+    programme_of,
+    sample_queryables,
+    specimen_families,
+)
 from lunarchive.catalog.stac import (
     QUERYABLES_REL,
     CubeDescription,
@@ -34,18 +45,26 @@ from lunarchive.catalog.stac import (
     create_collection,
     create_cube_item,
     create_queryables,
-    create_specimen_item,
 )
 from lunarchive.catalog.validate import StacValidator
 from lunarchive.flows._runtime import load_settings, store_for
+from lunarchive.flows.samples import Table, read_table_version, table_partners
 from lunarchive.flows.settings import Settings
-from lunarchive.schemas.errors import ProductRejected
+from lunarchive.processing.at_site import (
+    AtSite,
+    Site,
+    at_site_from_parquet,
+    at_site_parquet_bytes,
+    open_cube,
+    sample_cube,
+)
 from lunarchive.schemas.release import ManifestEntry
 from lunarchive.schemas.vocabularies import missions
 
 __all__ = ["publish"]
 
 CATALOG_ID = "lunarchive"
+AT_SITE_RECIPE = "at-site-v1"
 
 
 def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
@@ -83,63 +102,131 @@ def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
     return items
 
 
-def specimen_items(tables: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
-    """One item per sample record, dated by its mission's landing (the vocabulary)."""
+@dataclass
+class SampleGroup:
+    """One programme's (or partner's) sample collection: its items, partners and licences."""
+
+    collection_id: str
+    title: str
+    items: list[pystac.Item] = field(default_factory=list)
+    partners: list[str] = field(default_factory=list)
+    licences: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SampleCatalog:
+    groups: dict[str, SampleGroup] = field(default_factory=dict)
+    shared: list[ManifestEntry] = field(default_factory=list)
+    uncatalogued: list[str] = field(default_factory=list)
+
+    def items(self) -> list[pystac.Item]:
+        return [item for group in self.groups.values() for item in group.items]
+
+
+def _table_asset(
+    entry: Mapping[str, Any], title: str, description: str | None = None
+) -> TableAsset:
+    return TableAsset(
+        href=ITEM_TO_ROOT + entry["key"],
+        sha256=entry["sha256"],
+        size=entry["size"],
+        title=title,
+        description=description,
+    )
+
+
+def add_sample_items(
+    catalog: SampleCatalog, table: Table, at_site: Mapping[str, Any] | None
+) -> None:
+    """One item per root specimen of a partner's public table, in its programme's collection."""
     known = missions()
-    items: dict[str, pystac.Item] = {}
-    for table in tables:
-        for row, record in enumerate(table["records"], start=2):
-            mission = known.get(record.get("mission") or "")
-            if mission is None:
-                raise ProductRejected(
-                    f"{table['key']}, row {row}, column 'mission': {record.get('mission')!r} "
-                    f"is not a known sample-return mission (rule: one of {sorted(known)})"
-                )
-            item_id = "specimen-" + safe_id(record["sample_id"])
-            if item_id in items:
-                raise ProductRejected(
-                    f"{table['key']}, row {row}, column 'sample_id': {record['sample_id']!r} "
-                    f"gives the item id {item_id!r} that another record already has"
-                )
-            items[item_id] = create_specimen_item(
-                record,
-                item_id=item_id,
-                collected=mission.landed,
-                source_href=ITEM_TO_ROOT + table["key"],
-                source_sha256=table["sha256"],
-                source_size=table["size"],
+    objects = {entry["key"].split("/", 3)[3]: entry for entry in table.objects}
+    licence = table.drops[-1]["licence"] if table.drops else "other"
+    located = set(at_site["samples"]) if at_site else set()
+    taken = {item.id for item in catalog.items()}
+    for family in specimen_families(table.specimens, table.analyses):
+        root = family.root
+        mission = known.get(root.mission)
+        if mission is None:  # no landing date to stand for the collection time
+            catalog.uncatalogued.append(f"{table.partner}/{root.sample_id}")
+            continue
+        collection_id, title = programme_of(root.mission, table.partner)
+        group = catalog.groups.setdefault(collection_id, SampleGroup(collection_id, title))
+        item_id = "specimen-" + safe_id(root.sample_id)
+        if item_id in taken:  # another partner holds the same sample
+            item_id += "-" + table.partner
+        taken.add(item_id)
+        analyses = objects.get(f"by-specimen/{safe_id(root.sample_id)}.analyses.parquet")
+        family_ids = {root.sample_id, *(s.sample_id for s in family.splits)}
+        item = create_sample_item(
+            family,
+            item_id=item_id,
+            collected=mission.landed,
+            partner=table.partner,
+            specimens=_table_asset(
+                objects["specimens.parquet"],
+                "Specimen records of the partner's table (GeoParquet)",
+                f"Rows where sample_id is {root.sample_id} or one of its splits.",
+            ),
+            analyses=_table_asset(analyses, "Analyses of this specimen and its splits")
+            if analyses
+            else None,
+            at_site=_table_asset(
+                at_site,
+                "Orbital cube values at the collection site",
+                f"Rows where sample_id is {root.sample_id} or one of its splits.",
             )
-    return list(items.values())
+            if at_site and family_ids & located
+            else None,
+            landing_site=(mission.lat_deg, mission.lon_deg),
+        )
+        group.items.append(item)
+        group.partners.append(table.partner)
+        group.licences.append(licence)
+    catalog.shared += [ManifestEntry(**entry) for entry in table.objects]
+    if at_site and located:
+        catalog.shared.append(ManifestEntry(**{k: at_site[k] for k in ("key", "size", "sha256")}))
 
 
 def build_catalog(
-    name: str, cubes: list[pystac.Item], samples: list[pystac.Item]
+    name: str, cubes: list[pystac.Item], samples: SampleCatalog
 ) -> tuple[pystac.Catalog, dict[str, bytes]]:
     """The release's catalog, and the queryables of each collection (keyed in the release)."""
     catalog = create_catalog(CATALOG_ID, "Lunar sample and remote-sensing data of lunarchive.")
     queryables: dict[str, bytes] = {}
-    groups = [
-        (f"{name}-dem", "Digital elevation models", "satellite", cubes),
-        (f"{name}-samples", "Lunar sample records", "sample", samples),
-    ]
-    for collection_id, title, target_class, items in groups:
-        if not items:
-            continue
+    if cubes:
+        title = "Digital elevation models"
         collection = create_collection(
-            collection_id,
+            f"{name}-dem",
             title=title,
             description=f"{title} of the {name} archive, harvested by lunarchive.",
-            items=items,
-            target_class=target_class,
+            items=cubes,
+            target_class="satellite",
         )
-        collection.add_items(items)
-        collection.add_link(
-            pystac.Link(QUERYABLES_REL, "./queryables.json", "application/schema+json")
+        queryables |= _add_collection(catalog, collection, cubes, create_queryables)
+    for group in sorted(samples.groups.values(), key=lambda g: g.collection_id):
+        collection = create_sample_collection(
+            group.collection_id,
+            title=group.title,
+            items=group.items,
+            partners=group.partners,
+            licences=group.licences,
         )
-        schema = create_queryables(f"Queryables of {collection_id}", items)
-        queryables[f"{collection_id}/queryables.json"] = _json_bytes(schema)
-        catalog.add_child(collection)
+        queryables |= _add_collection(catalog, collection, group.items, sample_queryables)
     return catalog, queryables
+
+
+def _add_collection(
+    catalog: pystac.Catalog,
+    collection: pystac.Collection,
+    items: list[pystac.Item],
+    make_queryables: Callable[[str, list[pystac.Item]], dict[str, Any]],
+) -> dict[str, bytes]:
+    collection.add_items(items)
+    collection.add_link(pystac.Link(QUERYABLES_REL, "./queryables.json", "application/schema+json"))
+    catalog.add_child(collection)
+    schema = make_queryables(f"Queryables of {collection.id}", items)
+    return {f"{collection.id}/queryables.json": _json_bytes(schema)}
 
 
 def _json_bytes(data: Mapping[str, Any]) -> bytes:
@@ -147,26 +234,67 @@ def _json_bytes(data: Mapping[str, Any]) -> bytes:
 
 
 def shared_objects(processed: Mapping[str, Any]) -> list[ManifestEntry]:
-    """The objects outside the release prefix that the catalog reaches: cubes and raw files."""
+    """The cubes and raw files outside the release prefix that the cube items reach."""
     cubes = processed["cubes"]
-    entries = [ManifestEntry(**o) for cube in cubes for o in [*cube["objects"], *cube["raw"]]]
-    entries += [
-        ManifestEntry(key=table["key"], size=table["size"], sha256=table["sha256"])
-        for table in processed["samples"]
+    return [ManifestEntry(**o) for cube in cubes for o in [*cube["objects"], *cube["raw"]]]
+
+
+@task(cache_policy=NO_CACHE)
+def sample_at_sites(
+    settings: Settings, table: Table, cubes: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The cubes' values at the table's located specimens, kept beside the table version
+    (``at-site/<hash of the cubes>.parquet``; an existing one is reused)."""
+    sites = [
+        Site(s.sample_id, s.location.lon_deg, s.location.lat_deg, s.location.uncertainty_m)
+        for s in table.specimens
+        if s.location is not None
     ]
-    return entries
+    if not cubes or not sites or table.version is None:
+        return None
+    store = store_for(settings)
+    digest = content_version(AT_SITE_RECIPE, [(c["key"], c["version"]) for c in cubes])
+    key = table_key(table.partner, table.version, f"at-site/{digest}.parquet")
+    if not store.exists(key):
+        rows: list[AtSite] = []
+        for cube in cubes:
+            found, refused = sample_cube(
+                open_cube(store.zarr_store(cube["key"])),
+                sites,
+                cube_item=f"{cube['collection']}-{cube['tile']}",
+                cube_version=cube["version"],
+                max_pixels=settings.at_site_max_pixels,
+            )
+            rows += found
+            for sentence in refused:
+                get_run_logger().warning("at-site: %s", sentence)
+        store.create(key, at_site_parquet_bytes(rows))
+    data = store.read(key)
+    samples = sorted({row.sample_id for row in at_site_from_parquet(data)})
+    return {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()} | {
+        "samples": samples
+    }
 
 
 @task(cache_policy=NO_CACHE)
 def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) -> dict[str, Any]:
     store = store_for(settings)
-    cubes, samples = cube_items(processed["cubes"]), specimen_items(processed["samples"])
-    if not cubes and not samples:  # everything was quarantined: keep the current release
+    cubes = cube_items(processed["cubes"])
+    samples = SampleCatalog()
+    for partner in table_partners(store):
+        table = read_table_version(store, partner)
+        add_sample_items(samples, table, sample_at_sites(settings, table, processed["cubes"]))
+    if samples.uncatalogued:
+        get_run_logger().warning(
+            "%d specimen(s) kept in their tables but not catalogued (their mission has no "
+            "landing date): %s", len(samples.uncatalogued), ", ".join(samples.uncatalogued[:20]),
+        )  # fmt: skip
+    if not cubes and not samples.items():  # everything was quarantined: keep the release
         current = read_current(store)
         version = current[0].version if current else None
         return asdict(PublishResult(version, published=False, objects_written=0))
     catalog, queryables = build_catalog(name, cubes, samples)
-    draft = draft_release(catalog, shared_objects(processed), queryables)
+    draft = draft_release(catalog, [*shared_objects(processed), *samples.shared], queryables)
     validate_release(settings, draft)  # an invalid object stops here: nothing is written
     result = asdict(publish_release(store, draft))
     collected = collect_releases(
@@ -177,7 +305,11 @@ def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) ->
             "collected %d old release(s) (%d objects): %s",
             len(collected.deleted), collected.objects_deleted, ", ".join(collected.deleted),
         )  # fmt: skip
-    return result | {"collected": collected.deleted}
+    return result | {
+        "collected": collected.deleted,
+        "samples": len(samples.items()),
+        "uncatalogued": samples.uncatalogued,
+    }
 
 
 def validate_release(settings: Settings, draft: ReleaseDraft) -> None:

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     http_timeout_s: float = Field(default=60.0, gt=0)
     allow_local_sources: bool = Field(
         default=False,
-        description="Allow sources on loopback or private addresses (demo and tests only).",
+        description="Allow loopback sources (demo and test mirrors only); private never.",
     )
     keep_releases: int = Field(
         default=5, ge=1, description="Releases kept after a publish; older ones are collected."
@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     )
     shared_dir: Path = Field(
         default=Path("../shared"), description="Test-only: the shared fixtures folder."
+    )
+    restricted_store_url: str | None = Field(
+        default=None,
+        description="Where a partner's embargoed sample tables go: a URL with '{partner}' "
+        "(e.g. s3://lunarchive-restricted-{partner}); unset: <store>/restricted/<partner>/ "
+        "on a folder store (required on S3, where embargoed drops otherwise wait).",
+    )
+    at_site_max_pixels: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most pixels read around one specimen site when sampling a cube (a larger "
+        "position-uncertainty disc is refused for that specimen).",
     )
     database_url: SecretStr | None = Field(
         default=None, description="PostgreSQL for the STAC API (tests: made by infra/)."

@@ -12,6 +12,11 @@
 * ``samples/specimens.csv``: 12 synthetic specimen records (Apollo, Luna, Chang'e-5) in the
   flattened sample schema of LUNAR-DATA.md §3.2, at real landing-site coordinates.
 
+``write_demo_drop(folder, partner=...)`` writes the same specimens as a partner drop, the way
+a laboratory would put it into ``inbox/<partner>/<drop>/``: ``specimens.csv``,
+``analyses.csv`` (major oxides by XRF and EPMA, traces by INAA, in long form) and the
+``manifest.json`` naming both with their SHA-256.
+
 The labels are written by GDAL's PDS4 driver (a real ``cart:Equirectangular`` mapping); every
 ``${...}`` placeholder of its template is filled through ``VAR_*`` options, and the two fields
 the template gets wrong are set afterwards (LUNAR-DATA.md §2.3 pitfall 7).
@@ -20,8 +25,10 @@ the template gets wrong are set afterwards (LUNAR-DATA.md §2.3 pitfall 7).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Final
@@ -33,7 +40,7 @@ from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
 from lunarchive.processing.crs import MOON_RADIUS_M, BBox, lunar_footprint
 
-__all__ = ["demo_heights_dn", "write_demo_archive"]
+__all__ = ["DEMO_ANALYSES", "demo_heights_dn", "write_demo_archive", "write_demo_drop"]
 
 _TILE_PX: Final = 256
 _TILES: Final = 2  # per side
@@ -277,13 +284,14 @@ _SPECIMENS: Final = (
               classification="Soil:Drill core", mass_g=0.8, mass_kind="current",
               description="Section of the drill core."),
     _specimen("CE5C0400YJFM00505", "Chang'e-5", level="split", curator="CNSA",
-              station="Chang'e-5 lander", collection_method="scoop",
+              station="Chang'e-5 lander", location_uncertainty_m=150.0, collection_method="scoop",
               return_container="CE5 scoop container", material="soil",
               classification="Soil:Unsieved", mass_g=1.5, mass_kind="allocated",
               description="Scooped regolith powder allocated for research."),
     _specimen("CE5C0400YJFM00505-G1", "Chang'e-5", parent_id="CE5C0400YJFM00505",
               level="grain", curator="CNSA", station="Chang'e-5 lander",
-              collection_method="scoop", return_container="CE5 scoop container",
+              location_uncertainty_m=150.0, collection_method="scoop",
+              return_container="CE5 scoop container",
               material="mineral_separate", classification="basalt clast", mass_g=0.00012,
               mass_kind="allocated", description="Basalt grain picked from the powder."),
 )  # fmt: skip
@@ -302,3 +310,74 @@ def _write_specimens(path: Path) -> Path:
 
 def _csv_cell(value: object) -> str:
     return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+# Synthetic analyses, close to published values for these rocks and soils (wt% oxides by XRF
+# on whole rock or bulk soil, EPMA on a mineral or glass, INAA traces in ppm). Rows:
+# (sample, material analysed, mineral, spot, technique, {analyte: value}, unit).
+_MAJORS: Final = ("SiO2", "TiO2", "Al2O3", "FeO", "MgO", "CaO", "Na2O", "K2O")
+DEMO_ANALYSES: Final = (
+    ("70017", "whole_rock", None, None, "XRF",
+     dict(zip(_MAJORS, (37.8, 12.97, 8.85, 17.8, 10.1, 10.3, 0.38, 0.06), strict=True)), "wt%"),
+    ("70017", "whole_rock", None, None, "INAA", {"La": 5.9, "Sm": 8.1}, "ppm"),
+    ("70017,12", "mineral", "ilmenite", "1", "EPMA", {"TiO2": 53.1, "FeO": 45.0}, "wt%"),
+    ("74220", "bulk_soil", None, None, "XRF",
+     dict(zip(_MAJORS, (38.6, 8.81, 6.3, 22.0, 14.4, 7.7, 0.36, 0.09), strict=True)), "wt%"),
+    ("74220", "glass", None, "1", "EPMA", {"TiO2": 9.12, "FeO": 22.3, "MgO": 14.6}, "wt%"),
+    ("74220", "glass", None, "2", "EPMA", {"TiO2": 9.05, "FeO": 22.1, "MgO": 14.8}, "wt%"),
+    ("12002", "whole_rock", None, None, "XRF",
+     dict(zip(_MAJORS, (43.6, 2.6, 7.9, 21.7, 14.9, 8.3, 0.22, 0.05), strict=True)), "wt%"),
+    ("10084", "bulk_soil", None, None, "XRF",
+     dict(zip(_MAJORS, (42.0, 7.5, 13.6, 15.8, 7.9, 12.0, 0.47, 0.14), strict=True)), "wt%"),
+    ("60025", "whole_rock", None, None, "XRF",
+     dict(zip(_MAJORS, (44.3, 0.02, 35.0, 0.6, 0.3, 19.6, 0.37, 0.01), strict=True)), "wt%"),
+    ("CE5C0400YJFM00505", "bulk_soil", None, None, "XRF",
+     dict(zip(_MAJORS, (42.2, 5.0, 10.8, 22.5, 6.5, 11.0, 0.3, 0.2), strict=True)), "wt%"),
+    ("CE5C0400YJFM00505-G1", "matrix", None, "1", "EPMA", {"TiO2": 5.6, "FeO": 21.9}, "wt%"),
+)  # fmt: skip
+_ANALYSIS_COLUMNS: Final = (
+    "sample_id", "material_analyzed", "mineral", "spot_id", "technique", "lab", "analyte",
+    "value", "unit", "uncertainty", "uncertainty_type", "citation_id",
+)  # fmt: skip
+
+
+def write_demo_drop(folder: Path, *, partner: str) -> list[Path]:
+    """A partner drop: ``specimens.csv``, ``analyses.csv`` and the ``manifest.json`` that lists
+    them with their SHA-256 (written last, as a partner would)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    specimens = _write_specimens(folder / "specimens.csv")
+    analyses = folder / "analyses.csv"
+    analyses.write_bytes(_analyses_csv())
+    manifest = {
+        "partner": partner,
+        "contact": {"name": "Demo laboratory curator", "email": "curator@demo-lab.example"},
+        "licence": "CC-BY-4.0",
+        "dataset": "lunarchive-demo:2021-01",
+        "description": "Synthetic demo drop: specimen records and analyses, not real data.",
+        "files": [
+            {
+                "path": path.name,
+                "kind": kind,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            }
+            for path, kind in ((specimens, "specimens"), (analyses, "analyses"))
+        ],
+    }
+    target = folder / "manifest.json"
+    target.write_bytes((json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return [specimens, analyses, target]
+
+
+def _analyses_csv() -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_ANALYSIS_COLUMNS)
+    for sample, material, mineral, spot, technique, values, unit in DEMO_ANALYSES:
+        lab = "Demo laboratory"
+        for analyte, value in values.items():
+            uncertainty = round(value * 0.02, 4) if unit == "wt%" else round(value * 0.05, 4)
+            writer.writerow([
+                sample, material, mineral or "", spot or "", technique, lab, analyte,
+                repr(value), unit, repr(uncertainty), "1SD", "lunarchive demo (synthetic)",
+            ])  # fmt: skip
+    return buffer.getvalue().encode("utf-8")

@@ -2,7 +2,9 @@
 
 Each backend gets one store: ``lunarchive demo`` runs twice on it (the second run must write
 nothing), then the tests read what was published: the manifest and its checksums, the cube,
-the static catalog against the STAC schemas, and searches through ``lunarchive search``.
+the sample tables, the static catalog against the STAC schemas, and searches through
+``lunarchive search``. The demo's DEM tiles are harvested over HTTP; its sample drop goes
+through ``inbox/demo-lab/<drop>/`` and ``harvest-samples``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from lunarchive.catalog.layout import LATEST_KEY
 from lunarchive.catalog.store import ObjectInfo, S3Options, Store, open_store
 from lunarchive.catalog.validate import validate_stac
 from lunarchive.processing.crs import MOON_RADIUS_M, iau_code
-from lunarchive.processing.demo_archive import demo_heights_dn, write_demo_archive
+from lunarchive.processing.demo_archive import (
+    DEMO_ANALYSES,
+    demo_heights_dn,
+    write_demo_archive,
+    write_demo_drop,
+)
 from lunarchive.schemas.release import ReleaseManifest, ReleasePointer
 
 CLI = str(Path(sys.executable).with_name("lunarchive"))
@@ -90,8 +97,8 @@ def current(store: Store) -> tuple[ReleasePointer, ReleaseManifest]:
 def test_harvest_copies_every_archive_file_into_raw_with_its_checksum(
     demo: DemoRuns, archive: Path
 ) -> None:
-    files = sorted(p for p in archive.rglob("*") if p.is_file())
-    assert len(files) == 9  # 4 tiles x (label + image) + 1 sample table
+    files = sorted(p for p in (archive / "dem").rglob("*") if p.is_file())
+    assert len(files) == 8  # 4 tiles x (label + image)
     for path in files:
         key = f"raw/demo/{path.name.split('.', 1)[0]}/{path.name}"
         assert demo.store.sha256(key) == hashlib.sha256(path.read_bytes()).hexdigest(), key
@@ -109,12 +116,18 @@ def test_release_manifest_lists_every_object_with_size_and_sha256(demo: DemoRuns
         assert demo.store.sha256(entry.key) == entry.sha256, entry.key
     # the release's own files, the cube, and the raw files its items point to
     assert {prefix + "catalog.json", prefix + "items.parquet"} <= keys
-    # catalog + 2 collections + 13 items + 2 queryables
-    assert len([k for k in keys if k.startswith(prefix) and k.endswith(".json")]) == 18
+    # catalog + 4 collections (DEM, Apollo, Luna, Chang'e-5) + 10 items (1 cube + 9 root
+    # specimens) + 4 queryables
+    assert len([k for k in keys if k.startswith(prefix) and k.endswith(".json")]) == 19
     cube_objects = [k for k in keys if k.startswith("cubes/demo-dem/mosaic/")]
     assert any(k.endswith(".zarr/zarr.json") for k in cube_objects)
     assert any("/height/c/" in k for k in cube_objects)  # chunks, not only metadata
-    assert "raw/demo/specimens/specimens.csv" in keys
+    (table,) = {k.split("/")[2] for k in keys if k.startswith("tables/demo-lab/")}
+    tables = f"tables/demo-lab/{table}/"
+    assert {tables + "specimens.parquet", tables + "analyses.parquet"} <= keys
+    assert tables + "by-specimen/70017.analyses.parquet" in keys
+    assert len([k for k in keys if k.startswith(tables + "at-site/")]) == 1
+    assert not any(k.startswith(("raw/demo/specimens", "inbox/", "quarantine/")) for k in keys)
     assert {f"raw/demo/dem_t{rc}/dem_t{rc}.xml" for rc in ("00", "01", "10", "11")} <= keys
     # every href of every item resolves to an object of the manifest
     for key in keys:
@@ -161,7 +174,7 @@ def test_static_catalog_validates_against_the_stac_schemas(demo: DemoRuns, share
         and not e.key.endswith(("/manifest.json", "/queryables.json"))
     ]
     kinds = sorted(doc["type"] for doc in documents)
-    assert kinds == ["Catalog"] + ["Collection"] * 2 + ["Feature"] * 13
+    assert kinds == ["Catalog"] + ["Collection"] * 4 + ["Feature"] * 10
     for doc in documents:
         urls = validate_stac(doc, shared / "stac-schemas")
         assert "https://stac-extensions.github.io/ssys/v1.1.1/schema.json" in urls
@@ -171,10 +184,19 @@ def test_static_catalog_validates_against_the_stac_schemas(demo: DemoRuns, share
     assert cube_item["properties"]["proj:code"] == "IAU_2015:30110"
 
 
+def demo_rows(archive: Path, name: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO((archive / "samples" / name).read_text())))
+
+
+def roots(archive: Path) -> list[dict[str, str]]:
+    """The demo's root specimens: one item each (their splits are described inside it)."""
+    return [r for r in demo_rows(archive, "specimens.csv") if not r["parent_id"]]
+
+
 def test_collections_publish_their_queryables(demo: DemoRuns, archive: Path) -> None:
     pointer, manifest = current(demo.store)
     keys = {e.key for e in manifest.objects}
-    base = f"releases/{pointer.version}/demo-samples/"
+    base = f"releases/{pointer.version}/apollo-samples/"
     collection = json.loads(demo.store.read(base + "collection.json"))
     (link,) = [
         link for link in collection["links"]
@@ -182,17 +204,33 @@ def test_collections_publish_their_queryables(demo: DemoRuns, archive: Path) -> 
     ]  # fmt: skip
     assert os.path.normpath(base + link["href"]) in keys
     queryables = json.loads(demo.store.read(base + "queryables.json"))
-    rows = list(csv.DictReader(io.StringIO((archive / "samples" / "specimens.csv").read_text())))
+    apollo = [r for r in roots(archive) if r["mission"].startswith("Apollo")]
     properties = queryables["properties"]
-    assert properties["mission"]["enum"] == sorted({r["mission"] for r in rows})
-    masses = [float(r["mass_g"]) for r in rows]
+    assert properties["mission"]["enum"] == sorted({r["mission"] for r in apollo})
+    masses = [float(r["mass_g"]) for r in apollo]
     assert properties["mass_g"] == {
         "type": "number",
         "minimum": min(masses),
         "maximum": max(masses),
     }
+    bulk_ti = [
+        values["TiO2"]
+        for sample, material, _, _, _, values, _ in DEMO_ANALYSES
+        if sample in {r["sample_id"] for r in apollo}
+        and material in ("whole_rock", "bulk_soil")
+        and "TiO2" in values
+    ]
+    assert properties["TiO2_wt_pct"] == {
+        "type": "number",
+        "minimum": min(bulk_ti),
+        "maximum": max(bulk_ti),
+        "title": "TiO2, wt% (mean of the detected whole-rock / bulk-soil analyses)",
+        "unit": "wt%",
+    }
+    assert properties["CaO_wt_pct"]["type"] == "number"
     assert properties["datetime"] == {"type": "string", "format": "date-time"}
-    assert f"releases/{pointer.version}/demo-dem/queryables.json" in keys
+    for collection_id in ("demo-dem", "luna-samples", "change-5-samples"):
+        assert f"releases/{pointer.version}/{collection_id}/queryables.json" in keys
 
 
 def search(demo: DemoRuns, *args: str) -> list[dict[str, Any]]:
@@ -202,7 +240,7 @@ def search(demo: DemoRuns, *args: str) -> list[dict[str, Any]]:
 
 
 def test_search_by_sample_property_place_and_time(demo: DemoRuns, archive: Path) -> None:
-    rows = list(csv.DictReader(io.StringIO((archive / "samples" / "specimens.csv").read_text())))
+    rows = roots(archive)
     apollo17 = sorted(r["sample_id"] for r in rows if r["mission"] == "Apollo 17")
     found = search(demo, "--filter", "mission = 'Apollo 17'")
     assert sorted(f["properties"]["sample_id"] for f in found) == apollo17
@@ -214,9 +252,9 @@ def test_search_by_sample_property_place_and_time(demo: DemoRuns, archive: Path)
     assert sorted(f["properties"]["sample_id"] for f in heavy) == expected
 
     near_ce5 = search(demo, "--bbox", "-52.5,42.5,-51.5,43.5")
-    assert sorted(f["id"] for f in near_ce5) == [
-        "demo-dem-mosaic", "specimen-CE5C0400YJFM00505", "specimen-CE5C0400YJFM00505-G1",
-    ]  # fmt: skip
+    assert sorted(f["id"] for f in near_ce5) == ["demo-dem-mosaic", "specimen-CE5C0400YJFM00505"]
+    (ce5,) = [f for f in near_ce5 if f["id"] == "specimen-CE5C0400YJFM00505"]
+    assert ce5["properties"]["splits"] == ["CE5C0400YJFM00505-G1"]
     seventies = search(demo, "--datetime", "1972-01-01T00:00:00Z/1972-12-31T23:59:59Z")
     missions = {f["properties"]["mission"] for f in seventies}
     assert missions == {"Apollo 16", "Apollo 17"}
@@ -241,37 +279,70 @@ def test_rerun_on_unchanged_input_writes_no_new_objects(demo: DemoRuns) -> None:
     assert pointer.previous is None  # one release only: the rerun published none
 
 
-def test_pipeline_quarantines_a_bad_sample_table_and_publishes_the_rest(tmp_path: Path) -> None:
-    from lunarchive.flows.demo import serve_folder
+def test_pipeline_quarantines_bad_sample_rows_and_drops_and_publishes_the_rest(
+    tmp_path: Path,
+) -> None:
+    from lunarchive.flows.demo import put_drop, serve_folder
 
     archive = tmp_path / "archive"
     write_demo_archive(archive)
-    table = archive / "samples" / "specimens.csv"
+    # partner A: the demo drop with one bad row (its manifest made after, so it checks out)
+    drop_a = tmp_path / "drop-a"
+    write_demo_drop(drop_a, partner="partner-a")
+    table = drop_a / "specimens.csv"
     header = table.read_text().splitlines()[0].split(",")
     bad_row = {name: "" for name in header} | {
-        "sample_id": "99999", "mission": "Apollo 17", "lat_deg": "123.0", "lon_deg": "30.0",
+        "sample_id": "79999", "mission": "Apollo 17", "lat_deg": "123.0", "lon_deg": "30.0",
     }  # fmt: skip
     with table.open("a") as out:
         out.write(",".join(bad_row[name] for name in header) + "\n")
-    rows_before_bad = len(table.read_text().splitlines())
+    bad_row_number = len(table.read_text().splitlines())
+    manifest = json.loads((drop_a / "manifest.json").read_text())
+    manifest["files"][0]["sha256"] = hashlib.sha256(table.read_bytes()).hexdigest()
+    (drop_a / "manifest.json").write_text(json.dumps(manifest))
+    # partner B: a drop whose file changed after its manifest was written
+    drop_b = tmp_path / "drop-b"
+    write_demo_drop(drop_b, partner="partner-b")
+    with (drop_b / "analyses.csv").open("a") as out:
+        out.write("70017,whole_rock,,,XRF,Demo laboratory,MnO,0.27,wt%,0.01,1SD,x\n")
     url = (tmp_path / "store").as_uri()
-    with serve_folder(archive) as source_url:
+    store = open_store(url)
+    put_drop(store, drop_a, partner="partner-a", drop="d1")
+    put_drop(store, drop_b, partner="partner-b", drop="d1")
+    with serve_folder(archive / "dem") as source_url:
         done = lunarchive(
             "pipeline", source_url, "--source", "partner-a", "--store", url,
             "--allow-local-sources",
         )  # fmt: skip
-    store = open_store(url)
-    reason = json.loads(store.read("quarantine/partner-a/specimens/reason.json"))
-    assert reason["rule"] == "ProductRejected"
-    assert f"row {rows_before_bad}" in reason["reason"]
-    assert "'lat_deg'" in reason["reason"]
-    assert reason["files"] == ["raw/partner-a/specimens/specimens.csv"]
-    # the original is kept, byte for byte, and the rest of the run was published
-    assert store.read("raw/partner-a/specimens/specimens.csv") == table.read_bytes()
-    pointer, manifest = current(store)
-    prefix = f"releases/{pointer.version}/"
-    items = [e.key for e in manifest.objects if e.key.startswith(prefix) and e.key.count("/") == 4]
-    assert items == [
-        f"releases/{pointer.version}/partner-a-dem/partner-a-dem-mosaic/partner-a-dem-mosaic.json"
+    report_a = json.loads(store.read("inbox/partner-a/d1/report.json"))
+    assert report_a["status"] == "accepted_with_rejections"
+    assert report_a["counts"]["specimens"] == {"rows": 13, "valid": 12, "rejected": 1}
+    (error,) = report_a["errors"]
+    assert (error["file"], error["row"], error["column"], error["value"]) == (
+        "specimens.csv", bad_row_number, "lat_deg", "123.0",
+    )  # fmt: skip
+    assert error["rule"] == "latitude_range"
+    report_csv = store.read("inbox/partner-a/d1/report.csv").decode().splitlines()
+    assert report_csv[0] == "file,sheet,row,column,value,rule,message" and len(report_csv) == 2
+    kept = json.loads(store.read("quarantine/partner-a/d1/rejected-rows.json"))
+    assert [(r["row"], r["cells"]["sample_id"]) for r in kept["rows"]] == [
+        (bad_row_number, "79999")
     ]
-    assert "1 cube(s), 0 sample record(s)" in done.stdout
+    report_b = json.loads(store.read("inbox/partner-b/d1/report.json"))
+    assert report_b["status"] == "rejected"
+    assert "analyses.csv: SHA-256 is" in report_b["reason"]
+    reason = json.loads(store.read("quarantine/partner-b/d1/reason.json"))
+    assert reason["rule"] == "DropRejected"
+    # the originals are kept, byte for byte, and the rest of the run was published
+    assert store.read("inbox/partner-a/d1/specimens.csv") == table.read_bytes()
+    assert not store.exists("tables/partner-b/latest.json")
+    pointer, manifest_ = current(store)
+    prefix = f"releases/{pointer.version}/"
+    items = sorted(
+        e.key.split("/")[3] for e in manifest_.objects
+        if e.key.startswith(prefix) and e.key.count("/") == 4
+    )  # fmt: skip
+    assert items == sorted(
+        ["partner-a-dem-mosaic"] + [f"specimen-{r['sample_id']}" for r in roots(archive)]
+    )
+    assert "1 cube(s), 9 sample record(s)" in done.stdout
