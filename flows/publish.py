@@ -324,11 +324,13 @@ def validate_release(settings: Settings, draft: ReleaseDraft) -> None:
     checked = validator.validate_files(draft.files)
     logger = get_run_logger()
     logger.info("validated %d STAC documents", len(checked))
-    for url in sorted(validator.unavailable):
+    if validator.unavailable:
+        names = ", ".join(url.split("/")[-3] for url in sorted(validator.unavailable))
         logger.warning(
-            "schema %s could not be fetched: not checked (set LUNARCHIVE_STAC_SCHEMA_DIR "
-            "to a local schema map to validate offline)",
-            url,
+            "validated against the STAC core schemas only: the %s extension schemas could not "
+            "be fetched (set LUNARCHIVE_STAC_SCHEMA_DIR to a local schema map to validate "
+            "them offline)",
+            names,
         )
 
 
