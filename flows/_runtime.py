@@ -45,6 +45,7 @@ def s3_options(settings: Settings) -> S3Options:
         access_key_id=reveal(settings.s3_access_key_id),
         secret_access_key=reveal(settings.s3_secret_access_key),
         region=settings.s3_region,
+        anonymous=settings.s3_anonymous,
     )
 
 

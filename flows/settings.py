@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     s3_access_key_id: SecretStr | None = None
     s3_secret_access_key: SecretStr | None = None
     s3_region: str = "us-east-1"
+    s3_anonymous: bool = Field(
+        default=False, description="Send unsigned S3 requests (read what the store grants all)."
+    )
     prefect_api_url: str | None = Field(
         default=None, description="A Prefect server's API; unset runs Prefect's local API."
     )

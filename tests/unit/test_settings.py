@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lunarchive.flows._runtime import load_settings, store_for
+from lunarchive.flows._runtime import load_settings, s3_options, store_for
 from lunarchive.flows.settings import Settings, shared_dir
 from lunarchive.schemas.errors import ConfigurationError
 
@@ -62,3 +62,10 @@ def test_missing_shared_folder_is_loud(tmp_path: Path) -> None:
 
 def test_shared_folder_is_found(shared: Path) -> None:
     assert (shared / "stac-schemas" / "index.json").is_file()
+
+
+def test_anonymous_s3_reaches_the_store_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LUNARCHIVE_S3_ANONYMOUS", "true")
+    assert s3_options(Settings()).anonymous is True
+    monkeypatch.setenv("LUNARCHIVE_S3_ANONYMOUS", "false")
+    assert s3_options(Settings()).anonymous is False
