@@ -23,7 +23,7 @@ import pystac
 import stac_geoparquet.arrow
 
 from lunarchive.catalog.layout import LATEST_KEY, manifest_key, release_prefix
-from lunarchive.catalog.store import Store
+from lunarchive.catalog.store import Store, json_bytes
 from lunarchive.schemas.errors import StoreConflict
 from lunarchive.schemas.release import ManifestEntry, ReleaseManifest, ReleasePointer
 
@@ -31,6 +31,7 @@ __all__ = [
     "ITEM_TO_ROOT",
     "PublishResult",
     "ReleaseDraft",
+    "create_once",
     "draft_release",
     "inventory",
     "publish_release",
@@ -180,20 +181,20 @@ def publish_release(
     now = (now or datetime.now(UTC)).replace(microsecond=0)
     digest = hashlib.sha256(json.dumps(draft.identity()).encode()).hexdigest()
     version = f"{now:%Y%m%dT%H%M%SZ}-{digest[:6]}"
-    own = [_create_once(store, release_prefix(version) + k, v) for k, v in draft.files.items()]
+    own = [create_once(store, release_prefix(version) + k, v) for k, v in draft.files.items()]
     manifest = ReleaseManifest(version=version, created=now, objects=[*own, *draft.shared])
-    _create_once(store, manifest_key(version), _json_bytes(manifest.model_dump(mode="json")))
+    create_once(store, manifest_key(version), json_bytes(manifest.model_dump(mode="json")))
     previous = current[0].version if current else None
     pointer = ReleasePointer(
         version=version, manifest=manifest_key(version), published=now, previous=previous
     )
     expected_tag = current[2] if current else None
-    store.swap(LATEST_KEY, _json_bytes(pointer.model_dump(mode="json")), expected_tag=expected_tag)
+    store.swap(LATEST_KEY, json_bytes(pointer.model_dump(mode="json")), expected_tag=expected_tag)
     keys = [entry.key for entry in own] + [manifest_key(version), LATEST_KEY]
     return PublishResult(version, True, len(keys), item_count, previous, keys)
 
 
-def _create_once(store: Store, key: str, data: bytes) -> ManifestEntry:
+def create_once(store: Store, key: str, data: bytes) -> ManifestEntry:
     """Create ``key``; the identical object left there by a crashed attempt counts as made."""
     sha256 = hashlib.sha256(data).hexdigest()
     try:
@@ -202,7 +203,3 @@ def _create_once(store: Store, key: str, data: bytes) -> ManifestEntry:
         if store.sha256(key) != sha256:
             raise
     return ManifestEntry(key=key, size=len(data), sha256=sha256)
-
-
-def _json_bytes(data: Mapping[str, Any]) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")

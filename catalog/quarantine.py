@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 from lunarchive.catalog.layout import safe_id
-from lunarchive.catalog.store import Store, check_key
+from lunarchive.catalog.store import Store, check_key, json_bytes
 
 __all__ = ["quarantine"]
 
@@ -26,5 +25,5 @@ def quarantine(
         "reason": reason,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    store.write(key, (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+    store.write(key, json_bytes(record))
     return key

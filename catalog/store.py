@@ -10,13 +10,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from lunarchive.schemas.errors import ConfigurationError, InvalidKey, StoreConflict
@@ -29,6 +30,7 @@ __all__ = [
     "S3Options",
     "Store",
     "check_key",
+    "json_bytes",
     "open_store",
 ]
 
@@ -80,6 +82,12 @@ class Store(Protocol):
     def download(self, key: str, dest: Path) -> Path: ...
     def zarr_store(self, prefix: str) -> zarr.abc.store.Store: ...
     def check_conditional_writes(self) -> None: ...
+
+
+def json_bytes(data: Any) -> bytes:
+    """The one encoding of every JSON document lunarchive stores: sorted keys, two-space
+    indent, a final newline (equal content gives equal bytes, so reruns write nothing)."""
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def check_key(key: str) -> str:

@@ -43,7 +43,7 @@ from urllib.parse import urlparse
 
 from lunarchive.catalog._http import HttpTree
 from lunarchive.catalog.layout import LATEST_KEY, manifest_key, release_prefix
-from lunarchive.catalog.store import S3Options, Store, check_key, open_store
+from lunarchive.catalog.store import S3Options, Store, check_key, json_bytes, open_store
 from lunarchive.schemas.errors import (
     ConfigurationError,
     InvalidFilter,
@@ -652,10 +652,6 @@ def _read_release(source: SyncSource) -> tuple[ReleasePointer, bytes, ReleaseMan
     return pointer, raw, manifest
 
 
-def _json_bytes(data: Mapping[str, Any]) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
-
-
 def _default_staging(dest: Store) -> Path:
     tag = hashlib.sha256(dest.url.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "lunarchive-sync" / tag
@@ -779,7 +775,7 @@ def _publish_in_dest(
     dest, state, report, version = mirror.dest, mirror.state, mirror.report, pointer.version
     if chosen.active:
         held = ReleaseManifest(version=version, created=manifest.created, objects=list(entries))
-        manifest_bytes = _json_bytes(held.model_dump(mode="json"))
+        manifest_bytes = json_bytes(held.model_dump(mode="json"))
     key = manifest_key(version)
     if state.objects.get(key) != (_sha(manifest_bytes), len(manifest_bytes)):
         dest.write(key, manifest_bytes)
@@ -794,7 +790,7 @@ def _publish_in_dest(
         try:
             dest.swap(
                 LATEST_KEY,
-                _json_bytes(new.model_dump(mode="json")),
+                json_bytes(new.model_dump(mode="json")),
                 expected_tag=current[1] if current else None,
             )
         except StoreConflict as exc:

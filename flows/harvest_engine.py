@@ -35,7 +35,6 @@ quarantined too (R8): one poisoned product never stops the others.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -50,7 +49,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lunarchive.catalog.layout import safe_id
 from lunarchive.catalog.quarantine import quarantine
-from lunarchive.catalog.store import Store, check_key
+from lunarchive.catalog.store import Store, check_key, json_bytes
 from lunarchive.flows.source_kinds import KindContext, ProductPlan, kind_for
 from lunarchive.flows.sources import Downloaded, Fetcher, HttpPolicy, describe_file
 from lunarchive.processing.products import read_product
@@ -203,7 +202,7 @@ def _short(text: str, n: int = 8) -> str:
 
 
 def _dump(model: HarvestState | CompletenessReport) -> bytes:
-    return (json.dumps(model.model_dump(mode="json"), indent=2, sort_keys=True) + "\n").encode()
+    return json_bytes(model.model_dump(mode="json"))
 
 
 def read_report(store: Store, source: str) -> CompletenessReport | None:

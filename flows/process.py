@@ -19,7 +19,7 @@ from prefect_dask.utils import get_dask_client
 
 from lunarchive.catalog.layout import content_version, cube_inventory_key, cube_key
 from lunarchive.catalog.publish import inventory
-from lunarchive.catalog.store import Store
+from lunarchive.catalog.store import Store, json_bytes
 from lunarchive.flows._runtime import load_settings, settle, store_for
 from lunarchive.flows.settings import Settings
 from lunarchive.processing.cube import build_cube, cube_summary, write_cube
@@ -79,7 +79,7 @@ def build_dem_cube(
         "raw": [e.model_dump() for p in products for e in _raw_entries(store, p["keys"])],
         "objects": [e.model_dump() for e in inventory(store, key + "/")],
     }
-    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
+    data = json_bytes(record)
     store.create(marker, data)
     return dict(json.loads(data))  # the same key order as a rerun reads back from the marker
 

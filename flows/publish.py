@@ -10,7 +10,6 @@ raw labels, tables). An unchanged input renders the same release, which publishe
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -46,6 +45,7 @@ from lunarchive.catalog.stac import (
     create_cube_item,
     create_queryables,
 )
+from lunarchive.catalog.store import json_bytes
 from lunarchive.catalog.validate import StacValidator
 from lunarchive.flows._runtime import load_settings, store_for
 from lunarchive.flows.samples import Table, read_table_version, table_partners
@@ -226,11 +226,7 @@ def _add_collection(
     collection.add_link(pystac.Link(QUERYABLES_REL, "./queryables.json", "application/schema+json"))
     catalog.add_child(collection)
     schema = make_queryables(f"Queryables of {collection.id}", items)
-    return {f"{collection.id}/queryables.json": _json_bytes(schema)}
-
-
-def _json_bytes(data: Mapping[str, Any]) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    return {f"{collection.id}/queryables.json": json_bytes(schema)}
 
 
 def shared_objects(processed: Mapping[str, Any]) -> list[ManifestEntry]:

@@ -43,9 +43,10 @@ from lunarchive.catalog.layout import (
     table_key,
     table_latest_key,
 )
+from lunarchive.catalog.publish import create_once
 from lunarchive.catalog.quarantine import quarantine
 from lunarchive.catalog.samples_stac import specimen_families
-from lunarchive.catalog.store import Store
+from lunarchive.catalog.store import Store, json_bytes
 from lunarchive.flows._runtime import load_settings, store_for
 from lunarchive.flows.settings import Settings
 from lunarchive.processing.samples import (
@@ -61,7 +62,7 @@ from lunarchive.processing.samples import (
     validate_analyses,
     validate_specimens,
 )
-from lunarchive.schemas.errors import ConfigurationError, ProductRejected, StoreConflict
+from lunarchive.schemas.errors import ConfigurationError, ProductRejected
 from lunarchive.schemas.samples import Analysis, DropManifest, RowError, Specimen
 
 __all__ = [
@@ -154,7 +155,8 @@ def _write_table(store: Store, table: Table, drops: list[dict[str, Any]]) -> Tab
     if version == table.version:
         return table
     objects = [
-        _create_once(store, table_key(table.partner, version, n), d) for n, d in files.items()
+        create_once(store, table_key(table.partner, version, n), d).model_dump()
+        for n, d in files.items()
     ]
     record = {
         "partner": table.partner,
@@ -164,20 +166,10 @@ def _write_table(store: Store, table: Table, drops: list[dict[str, Any]]) -> Tab
         "counts": {"specimens": len(table.specimens), "analyses": len(table.analyses)},
         "objects": sorted(objects, key=lambda o: o["key"]),
     }
-    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
-    _create_once(store, table_key(table.partner, version, "table.json"), data)
+    data = json_bytes(record)
+    create_once(store, table_key(table.partner, version, "table.json"), data)
     store.swap(table_latest_key(table.partner), data, expected_tag=table.tag)
     return read_table_version(store, table.partner)
-
-
-def _create_once(store: Store, key: str, data: bytes) -> dict[str, Any]:
-    sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        store.create(key, data)
-    except StoreConflict:
-        if store.sha256(key) != sha256:
-            raise
-    return {"key": key, "size": len(data), "sha256": sha256}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +285,7 @@ def _quarantine_rows(store: Store, partner: str, drop: str, validated: _Validate
     key = drop_quarantine_prefix(partner, drop) + "rejected-rows.json"
     files = [f for f in validated.files if f["status"] == "rejected"]
     document = {"partner": partner, "drop": drop, "rows": rows, "rejected_files": files}
-    store.write(key, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    store.write(key, json_bytes(document))
     reason = f"{len(rows)} row(s) and {len(files)} file(s) rejected; see rejected-rows.json"
     quarantine(
         store,
