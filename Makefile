@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# the temporary Prefect API the CLI starts: 20 s is too short on a loaded small machine
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 300
 
 .PHONY: demo test lint bench install clean
 
@@ -38,6 +40,8 @@ test: $(STAMP) lint
 ## make bench: the benchmarks (not part of make test); figures in the README
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_cubes --size-mb 288
+	$(BIN)/python -m tests.benchmarks.bench_catalog --items 100000
+	$(BIN)/python -m tests.benchmarks.bench_sync --items 20000 --chunks 100 --json bench-sync.json
 
 clean:
 	rm -rf $(VENV) .prefect .services .mypy_cache .ruff_cache .pytest_cache lunarchive.egg-info

@@ -269,9 +269,30 @@ def parse_filter(value: object, lang: str | None) -> ParsedFilter:
     else:
         tree = _load_json(value)
         _check_tree(tree)
-        expr = _parse_json_tree(tree)
+        expr = _parse_json_tree(_between_pairs(tree))
         tree = expr.to_json()
     return ParsedFilter(tree)
+
+
+def _between_pairs(node: object) -> object:
+    """``BETWEEN`` written as ``[value, [low, high]]`` (a draft form clients such as
+    stac-api-validator still send) becomes the standard ``[value, low, high]``. The tree's
+    depth is already bounded by :func:`_check_tree`."""
+    if isinstance(node, list):
+        return [_between_pairs(child) for child in node]
+    if not isinstance(node, Mapping):
+        return node
+    out = {key: _between_pairs(child) for key, child in node.items()}
+    args = out.get("args")
+    if (
+        str(out.get("op", "")).lower() == "between"
+        and isinstance(args, list)
+        and len(args) == 2
+        and isinstance(args[1], list)
+        and len(args[1]) == 2
+    ):
+        out["args"] = [args[0], *args[1]]
+    return out
 
 
 def validate_filter(parsed: ParsedFilter) -> None:
@@ -789,6 +810,10 @@ class Translator:
         """The ``bbox`` search parameter: the same path as S_INTERSECTS with BBOX(...)."""
         return self._spatial(self.columns.lookup("geometry"), Area.from_box(box))
 
+    def area_condition(self, area: Area) -> Sql:
+        """The ``intersects`` search parameter: S_INTERSECTS with a checked area."""
+        return self._spatial(self.columns.lookup("geometry"), area)
+
     def time_condition(self, span: TimeRange) -> Sql:
         """The ``datetime`` search parameter: T_INTERSECTS on the item's datetime or range."""
         return temporal_sql(self.columns.time_extent(self.columns.lookup("datetime")), span)
@@ -877,7 +902,14 @@ class Translator:
         if bbox is None:
             return exact
         boxes = [_box_prefilter(bbox, box) for box in area.boxes]
-        return sql("(({} IS NULL OR {}) AND {})", bbox, join(" OR ", boxes), exact)
+        # CASE, not AND: DuckDB may run both sides of an AND over whole vectors, and the exact
+        # test (a Python UDF) is the costly one; CASE runs it only on the prefiltered rows.
+        return sql(
+            "(CASE WHEN ({} IS NULL OR {}) THEN {} ELSE FALSE END)",
+            bbox,
+            join(" OR ", boxes),
+            exact,
+        )
 
     def operand(self, node: object, *, any_kind: bool = False) -> Operand:
         """A property or a literal; literals only ever become parameters."""

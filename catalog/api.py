@@ -16,7 +16,15 @@ rewrites the request with the same code the embedded search uses
 * ``filter`` (cql2-text or cql2-json) and ``query``: parsed, size- and depth-bounded, checked
   against the properties of the served release and their kinds (an unknown property, a string
   compared with a number, an unsupported operator is refused), then sent as cql2-json;
-* ``datetime``, ``limit``, ``sortby``, ``collections``, ``ids``, ``fields``: checked.
+* ``sortby`` and ``fields``: read by :mod:`lunarchive.catalog._search_params`, as the embedded
+  search reads them (the same order, the same fields), and passed on in a form pgstac applies
+  the same way (property names bare; the Fields extension's default set made explicit);
+* ``datetime``, ``limit``, ``collections``, ``ids`` (one id as a string is a list of one),
+  and the paging ``token`` (pgstac's ``next:`` / ``prev:`` form only): checked.
+
+Responses are fixed in two ways pgstac gets wrong: an item dated by a range gets back its
+``properties.datetime: null`` (pgstac strips nulls; STAC requires the key), and item
+collections are labelled ``application/geo+json`` even when the fields extension is used.
 
 Anything refused is a 400 with one readable line ``{"code": ..., "description": ...}``, never
 SQL text, never a 500 (RELIABILITY.md R17). The database connections are read-only,
@@ -48,6 +56,7 @@ from stac_fastapi.extensions.filter.filter import (  # type: ignore[import-untyp
 )
 from stac_fastapi.pgstac.app import instantiate_api  # type: ignore[import-untyped]
 from stac_fastapi.pgstac.config import Settings  # type: ignore[import-untyped]
+from stac_fastapi.pgstac.core import CoreCrudClient  # type: ignore[import-untyped]
 from stac_fastapi.pgstac.db import con_init, get_connection  # type: ignore[import-untyped]
 from stac_fastapi.pgstac.extensions.filter import FiltersClient  # type: ignore[import-untyped]
 from stac_fastapi.pgstac.models.extensions import Extensions  # type: ignore[import-untyped]
@@ -63,6 +72,11 @@ from lunarchive.catalog._cql2sql import (
     parse_filter,
     quote,
     validate_filter,
+)
+from lunarchive.catalog._search_params import (
+    fields_to_get,
+    parse_fields,
+    parse_sortby,
 )
 from lunarchive.schemas.errors import InvalidFilter
 
@@ -118,6 +132,7 @@ _BASE_KINDS: Final[Mapping[str, Kind]] = {
     "datetime": "timestamp",
 }
 _ITEMS_PATH: Final = re.compile(r"^/collections/([^/]+)/items/?$")
+_PAGE_TOKEN: Final = re.compile(r"^(next|prev):([0-9a-f]{2})+:([0-9a-f]{2})+$", re.IGNORECASE)
 _QUERY_OPS: Final[Mapping[str, str]] = {
     "eq": "=",
     "neq": "<>",
@@ -132,7 +147,6 @@ _QUERY_LIKE: Final[Mapping[str, str]] = {
     "endsWith": "%{}",
     "contains": "%{}%",
 }
-_SORTABLE: Final = frozenset({"string", "number", "boolean", "timestamp"})
 
 
 def create_app(
@@ -197,11 +211,36 @@ def create_app(
         finally:
             await app.state.readpool.close()
 
-    api = instantiate_api(extensions=extensions, lifespan=lifespan, settings=settings)
+    api = instantiate_api(
+        client=LunarCoreClient, extensions=extensions, lifespan=lifespan, settings=settings
+    )
     app: FastAPI = api.app
     app.add_exception_handler(asyncpg.PostgresError, _database_refused)
     app.add_middleware(SearchRewriteMiddleware)
     return app
+
+
+class LunarCoreClient(CoreCrudClient):  # type: ignore[misc]
+    """pgstac's client, with items given back their ``datetime: null``.
+
+    pgstac strips null values when it rebuilds an item, so an item dated by
+    ``start_datetime`` / ``end_datetime`` (a mosaic, a polar cap) would come back without
+    ``properties.datetime``, which STAC requires to be present (null when a range is given).
+    """
+
+    async def _search_base(self, search_request: Any, request: Request) -> Any:
+        collection = await super()._search_base(search_request, request=request)
+        fields = getattr(search_request, "fields", None)
+        include = set(fields.include or ()) if fields is not None else set()
+        exclude = set(fields.exclude or ()) if fields is not None else set()
+        wanted = "properties.datetime"
+        if exclude & {wanted, "properties"} or (include and not include & {wanted, "properties"}):
+            return collection
+        for feature in collection.get("features", []):
+            properties = feature.get("properties")
+            if isinstance(properties, dict):
+                properties.setdefault("datetime", None)
+        return collection
 
 
 def _version() -> str:
@@ -273,7 +312,7 @@ class SearchRewriteMiddleware:
             response = _error(400, str(error))
             await response(scope, receive, send)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _as_geojson(send))
 
     async def _served_columns(self, scope: Scope) -> Columns:
         """The properties of the served release (cached until another version is loaded)."""
@@ -293,6 +332,27 @@ class SearchRewriteMiddleware:
         )
         self._columns = (version, columns)
         return columns
+
+
+def _as_geojson(send: Send) -> Send:
+    """Item collections are GeoJSON: stac-fastapi labels them ``application/json`` when the
+    fields extension is used (it skips its own model then); the STAC API says geo+json."""
+
+    async def send_geojson(message: Message) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 200:
+            headers = list(message.get("headers", []))
+            message = dict(
+                message,
+                headers=[
+                    (k, b"application/geo+json")
+                    if k.lower() == b"content-type" and v.split(b";")[0] == b"application/json"
+                    else (k, v)
+                    for k, v in headers
+                ],
+            )
+        await send(message)
+
+    return send_geojson
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -353,16 +413,25 @@ def _rewrite_post(body: dict[str, Any], columns: Columns) -> dict[str, Any]:
     out = dict(body)
     out.pop("filter_lang", None)
     lang = body.get("filter-lang", body.get("filter_lang"))
-    _check_strings(body.get("collections"), "collections")
-    _check_strings(body.get("ids"), "ids")
+    for name in ("collections", "ids"):
+        if body.get(name) is not None:
+            out[name] = _string_list(body[name], name)
     if "limit" in body and body["limit"] is not None:
         out["limit"] = _check_limit(body["limit"])
+    if body.get("token") is not None:
+        _check_token(body["token"])
     if body.get("datetime") is not None:
         parse_datetime_param(body["datetime"])
     if body.get("sortby") is not None:
-        _check_sortby(body["sortby"], columns)
-    if body.get("fields") is not None:
-        _check_fields(body["fields"])
+        out["sortby"] = [
+            {"field": key.field, "direction": key.direction}
+            for key in parse_sortby(body["sortby"], columns)
+        ]
+    if "fields" in body:
+        fields = parse_fields(body["fields"]) if body["fields"] is not None else None
+        if fields is None:
+            raise InvalidFilter("fields must be an object with include / exclude lists, not null")
+        out["fields"] = {"include": list(fields.include), "exclude": list(fields.exclude)}
     spatial = _spatial(body.get("bbox"), body.get("intersects"))
     out.pop("bbox", None)
     out.pop("intersects", None)
@@ -392,10 +461,19 @@ def _rewrite_get(
     out = dict(params)
     if "limit" in params:
         out["limit"] = str(_check_limit(_as_int(params["limit"], "limit")))
+    if "token" in params:
+        _check_token(params["token"])
     if "datetime" in params:
         parse_datetime_param(params["datetime"])
     if "sortby" in params:
-        _check_sortby(_get_sortby(params["sortby"]), columns)
+        out["sortby"] = ",".join(
+            ("-" if key.direction == "desc" else "+") + key.field
+            for key in parse_sortby(params["sortby"], columns)
+        )
+    if "fields" in params:
+        fields = parse_fields(params["fields"])
+        assert fields is not None  # a string always gives a field set
+        out["fields"] = fields_to_get(fields)
     bbox = _get_numbers(params["bbox"]) if "bbox" in params else None
     intersects = _get_json(params["intersects"], "intersects") if "intersects" in params else None
     if intersects is not None and not is_search:
@@ -458,7 +536,7 @@ def _combined_filter(
         validate_filter(parsed)
         parts.append(parsed.tree)
     if query is not None:
-        parts.extend(_query_conditions(query))
+        parts.extend(_query_conditions(query, columns))
     if extra is not None:
         parts.append(extra)
     if not parts:
@@ -470,8 +548,13 @@ def _combined_filter(
     return normalised
 
 
-def _query_conditions(query: object) -> list[dict[str, Any]]:
-    """The Query extension's ``{"prop": {"op": value}}`` as CQL2 conditions."""
+def _query_conditions(query: object, columns: Columns) -> list[dict[str, Any]]:
+    """The Query extension's ``{"prop": {"op": value}}`` as CQL2 conditions.
+
+    Values may come as strings (a GET query string, or clients such as stac-api-validator
+    that send ``{"gsd": {"lt": "7"}}``): for a number or time property a string is read as a
+    number or an RFC 3339 time, as the Query extension's users expect.
+    """
     if not isinstance(query, dict):
         raise InvalidFilter(f"query must be an object of property conditions, got {quote(query)}")
     conditions: list[dict[str, Any]] = []
@@ -479,7 +562,10 @@ def _query_conditions(query: object) -> list[dict[str, Any]]:
         if not isinstance(tests, dict) or not tests:
             raise InvalidFilter(f"query for {quote(name)} must be an object like {{'eq': value}}")
         prop = {"property": name}
-        for op, value in tests.items():
+        kind = columns.lookup(name).kind
+        for op, raw in tests.items():
+            value = [_query_value(v, kind) for v in raw] if isinstance(raw, list) else raw
+            value = _query_value(value, kind) if op in _QUERY_OPS and op != "in" else value
             if op in _QUERY_LIKE:
                 if not isinstance(value, str):
                     raise InvalidFilter(f"query operator {quote(op)} needs a string")
@@ -496,6 +582,21 @@ def _query_conditions(query: object) -> list[dict[str, Any]]:
                 known = ", ".join([*_QUERY_OPS, *_QUERY_LIKE])
                 raise InvalidFilter(f"unknown query operator {quote(op)}; use one of {known}")
     return conditions
+
+
+def _query_value(value: object, kind: Kind) -> object:
+    """A string given for a number or time property, as a number or a CQL2 timestamp."""
+    if not isinstance(value, str):
+        return value
+    if kind == "number":
+        try:
+            number = float(value)
+        except ValueError:
+            return value  # refused by the kind check, with the property named
+        return int(number) if number.is_integer() and "." not in value else number
+    if kind == "timestamp":
+        return {"timestamp": value}
+    return value
 
 
 def _normalise_literals(node: object) -> object:
@@ -519,11 +620,19 @@ def _normalise_literals(node: object) -> object:
     return {key: _normalise_literals(value) for key, value in node.items()}
 
 
-def _check_strings(value: object, what: str) -> None:
-    if value is None:
-        return
+def _string_list(value: object, what: str) -> list[str]:
+    """A list of ids; one id given as a string is a list of one (clients send both)."""
+    if isinstance(value, str):
+        return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidFilter(f"{what} must be a list of strings, got {quote(value)}")
+    return value
+
+
+def _check_token(value: object) -> None:
+    """pgstac's own tokens only (``next:`` or ``prev:`` and the hex of a collection and id)."""
+    if not isinstance(value, str) or not _PAGE_TOKEN.match(value):
+        raise InvalidFilter(f"paging token {quote(value)} is not one this search gave out")
 
 
 def _check_limit(value: object) -> int:
@@ -553,34 +662,3 @@ def _get_json(text: str, what: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         raise InvalidFilter(f"{what} is not valid JSON") from None
-
-
-def _get_sortby(text: str) -> list[dict[str, str]]:
-    out = []
-    for part in text.split(","):
-        field = part.strip()
-        direction = "desc" if field.startswith("-") else "asc"
-        out.append({"field": field.lstrip("+-").strip(), "direction": direction})
-    return out
-
-
-def _check_sortby(value: object, columns: Columns) -> None:
-    if not isinstance(value, list):
-        raise InvalidFilter(f"sortby must be a list of {{field, direction}}, got {quote(value)}")
-    for entry in value:
-        if not isinstance(entry, dict) or not isinstance(entry.get("field"), str):
-            raise InvalidFilter(f"sortby entries need a 'field', got {quote(entry)}")
-        direction = entry.get("direction", "asc")
-        if direction not in ("asc", "desc"):
-            raise InvalidFilter(f"sortby direction must be 'asc' or 'desc', got {quote(direction)}")
-        column = columns.lookup(entry["field"])
-        if column.kind not in _SORTABLE:
-            raise InvalidFilter(f"cannot sort by {quote(column.name)}: it is not a single value")
-
-
-def _check_fields(value: object) -> None:
-    if not isinstance(value, dict):
-        raise InvalidFilter(f"fields must be an object with include / exclude, got {quote(value)}")
-    for key in ("include", "exclude"):
-        if key in value and value[key] is not None:
-            _check_strings(value[key], f"fields.{key}")

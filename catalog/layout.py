@@ -15,11 +15,13 @@ __all__ = [
     "content_version",
     "cube_inventory_key",
     "cube_key",
+    "cube_quicklook_key",
     "drop_prefix",
     "drop_quarantine_prefix",
     "drop_report_key",
     "inbox_prefix",
     "manifest_key",
+    "process_facts_key",
     "raw_key",
     "raw_prefix",
     "release_prefix",
@@ -52,6 +54,17 @@ def raw_key(source: str, product_id: str, filename: str) -> str:
 
 def cube_key(collection: str, tile: str, version: str) -> str:
     return check_key(f"cubes/{safe_id(collection)}/{safe_id(tile)}/{safe_id(version)}.zarr")
+
+
+def cube_quicklook_key(collection: str, tile: str, version: str) -> str:
+    """The thumbnail PNG of one tile version, beside its store."""
+    return check_key(f"cubes/{safe_id(collection)}/{safe_id(tile)}/{safe_id(version)}.png")
+
+
+def process_facts_key(source: str, product_id: str) -> str:
+    """What ``process`` learnt of one raw product (checksums, CRS, bounds, times), so that a
+    later run need not read or hash it again while its files are unchanged."""
+    return check_key(f"state/process/{safe_id(source)}/{safe_id(product_id)}.json")
 
 
 def release_prefix(version: str) -> str:

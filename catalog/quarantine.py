@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from lunarchive.catalog.layout import safe_id
+from lunarchive.catalog.layout import drop_prefix, drop_quarantine_prefix, safe_id
 from lunarchive.catalog.store import Store, check_key, json_bytes
 
-__all__ = ["quarantine"]
+__all__ = ["quarantine", "quarantine_rows"]
 
 
 def quarantine(
@@ -27,3 +29,22 @@ def quarantine(
     }
     store.write(key, json_bytes(record))
     return key
+
+
+def quarantine_rows(
+    store: Store, partner: str, drop: str, document: Mapping[str, Any], files: Sequence[str]
+) -> list[str]:
+    """Keep a drop's rejected rows (``document``: rows with their cells and broken rules,
+    refused files) under ``quarantine/<partner>/<drop>/``; ``files`` are the drop's paths."""
+    key = drop_quarantine_prefix(partner, drop) + "rejected-rows.json"
+    store.write(key, json_bytes(dict(document)))
+    rows, refused = len(document["rows"]), len(document["rejected_files"])
+    quarantine(
+        store,
+        source=partner,
+        product_id=drop,
+        reason=f"{rows} row(s) and {refused} file(s) rejected; see rejected-rows.json",
+        rule="RowRejected",
+        files=[drop_prefix(partner, drop) + path for path in files],
+    )
+    return [key]

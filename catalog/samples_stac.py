@@ -7,6 +7,15 @@ it links to. The analyses of the root and its splits travel as a Parquet asset o
 their major-element composition (mean of the detected bulk analyses, in wt%) and the count of
 analyses per technique are item properties, declared in the collection's queryables, so that
 CQL2 finds ``TiO2_wt_pct > 6`` or ``analyses_EPMA > 0 AND station = '...'``.
+
+Lunar meteorites have no landing and no collection site on the Moon. They go to their own
+collection, ``lunar-meteorites``; their time is when they were found on Earth (the day, or the
+whole find year as ``start_datetime``/``end_datetime``). STAC would allow a null geometry, but
+stac-geoparquet (the release's item table) and pgstac (``items.geometry`` is NOT NULL) cannot
+hold one, so a meteorite's footprint is the whole Moon, the honest answer to "where on the
+Moon did it come from", with ``location_source: "unknown_launch_site"`` saying why: a spatial
+search finds meteorites as candidates anywhere, and ``mission <> 'Lunar meteorite'`` leaves
+them out.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, time
 from statistics import fmean
 from typing import Any, Final
 
@@ -37,8 +46,11 @@ from lunarchive.schemas.samples import Analysis, Specimen, parent_of_sample_id
 
 __all__ = [
     "MAJOR_OXIDES",
+    "METEORITES",
     "PARQUET_MEDIA_TYPE",
     "SCIENTIFIC",
+    "WHOLE_MOON",
+    "SampleTime",
     "SpecimenFamily",
     "TableAsset",
     "composition",
@@ -47,6 +59,7 @@ __all__ = [
     "programme_of",
     "read_at_site",
     "sample_queryables",
+    "sample_time",
     "specimen_families",
     "technique_property",
 ]
@@ -64,18 +77,51 @@ _PROGRAMMES: Final = (
     ("Luna ", "luna-samples", "Luna lunar samples"),
     ("Chang'e-5", "change-5-samples", "Chang'e-5 lunar samples"),
     ("Chang'e-6", "change-6-samples", "Chang'e-6 lunar samples"),
+    ("Lunar meteorite", "lunar-meteorites", "Lunar meteorites"),
 )
+METEORITES: Final = "Lunar meteorite"
+WHOLE_MOON: Final = {
+    "type": "Polygon",
+    "coordinates": [
+        [[-180.0, -90.0], [180.0, -90.0], [180.0, 90.0], [-180.0, 90.0], [-180.0, -90.0]]
+    ],
+}
 _DISC_VERTICES: Final = 32
 _MOON: Final = pyproj.Geod(a=1_737_400.0, b=1_737_400.0)
 
 
 def programme_of(mission: str, partner: str) -> tuple[str, str]:
-    """The collection id and title of a mission's programme; samples of no programme
-    (lunar meteorites) go to their partner's own collection."""
+    """The collection id and title of a mission's programme (lunar meteorites are one); a
+    sample of no programme goes to its partner's own collection."""
     for prefix, collection_id, title in _PROGRAMMES:
         if mission.startswith(prefix):
             return collection_id, title
     return f"{partner}-samples", f"Lunar samples of partner {partner}"
+
+
+@dataclass(frozen=True)
+class SampleTime:
+    """A specimen's STAC time: an instant, or an interval when only the year is known."""
+
+    instant: datetime | None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+def sample_time(root: Specimen, landed: datetime | None = None) -> SampleTime | None:
+    """When a specimen was collected: its mission's landing (``landed``), a lunar
+    meteorite's find date, or its find year as an interval; None when nothing says."""
+    if root.mission != METEORITES:
+        return None if landed is None else SampleTime(landed)
+    if root.found_date is not None:
+        return SampleTime(datetime.combine(root.found_date, time(), UTC))
+    if root.found_year is not None:
+        return SampleTime(
+            None,
+            datetime(root.found_year, 1, 1, tzinfo=UTC),
+            datetime(root.found_year, 12, 31, 23, 59, 59, tzinfo=UTC),
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -163,7 +209,7 @@ def create_sample_item(
     family: SpecimenFamily,
     *,
     item_id: str,
-    collected: datetime,
+    collected: datetime | SampleTime,
     partner: str,
     specimens: TableAsset,
     analyses: TableAsset | None = None,
@@ -172,8 +218,10 @@ def create_sample_item(
 ) -> pystac.Item:
     """The item of one root specimen: geometry at its collection site (a point, or the
     uncertainty disc as a polygon), or at its mission's ``landing_site`` (lat, lon) when the
-    record gives no position (``location_source`` says which)."""
+    record gives no position, or the whole Moon for a lunar meteorite of unknown origin
+    (``location_source`` says which)."""
     root = family.root
+    when = collected if isinstance(collected, SampleTime) else SampleTime(collected)
     geometry, bbox, source = _site_geometry(root, landing_site)
     properties = _specimen_properties(root) | {
         "title": f"Lunar sample {root.sample_id}",
@@ -183,6 +231,7 @@ def create_sample_item(
         "location_source": source,
         "splits": [s.sample_id for s in family.splits],
         "analysis_count": len(family.analyses),
+        **_interval(when),
         **composition(family.analyses),
         **_technique_counts(family.analyses),
     }
@@ -195,7 +244,7 @@ def create_sample_item(
         id=item_id,
         geometry=geometry,
         bbox=bbox,
-        datetime=collected,
+        datetime=when.instant,
         properties=properties,
         stac_extensions=extensions,
     )
@@ -207,15 +256,24 @@ def create_sample_item(
     return item
 
 
+def _interval(when: SampleTime) -> dict[str, str]:
+    if when.instant is not None or when.start is None or when.end is None:
+        return {}
+    return {
+        "start_datetime": when.start.isoformat().replace("+00:00", "Z"),
+        "end_datetime": when.end.isoformat().replace("+00:00", "Z"),
+    }
+
+
 _COPIED: Final = (
     "sample_id", "level", "mission", "curator", "station", "landmark", "collection_method",
     "return_container", "material", "classification", "mass_g", "mass_kind",
-    "pristinity_pct", "description",
+    "pristinity_pct", "description", "found_year", "found_date",
 )  # fmt: skip
 
 
 def _specimen_properties(root: Specimen) -> dict[str, Any]:
-    values = root.model_dump(include=set(_COPIED))
+    values = root.model_dump(include=set(_COPIED), mode="json")
     properties = {key: values[key] for key in _COPIED if values.get(key) is not None}
     if root.location is not None and root.location.uncertainty_m is not None:
         properties["location_uncertainty_m"] = root.location.uncertainty_m
@@ -228,6 +286,8 @@ def _site_geometry(
     root: Specimen, landing_site: tuple[float, float] | None
 ) -> tuple[dict[str, Any] | None, list[float] | None, str]:
     if root.location is None:
+        if root.mission == METEORITES:
+            return WHOLE_MOON, [-180.0, -90.0, 180.0, 90.0], "unknown_launch_site"
         if landing_site is None:
             return None, None, "unknown"
         lat, lon = landing_site

@@ -1,28 +1,49 @@
 """Embedded search over one release's stac-geoparquet file, with DuckDB and CQL2.
 
 Why this shape: the embedded deployment has no server (DESIGN.md, "Search engine"), and a
-release's items are one immutable stac-geoparquet file, so each search opens a private in-memory
-DuckDB connection that may read that one file and nothing else, runs one parameterised query
-built by :mod:`lunarchive.catalog._cql2sql`, and hands the rows back to stac-geoparquet to turn
-into STAC item dicts. A bad request raises :class:`~lunarchive.schemas.errors.InvalidFilter`
+release's items are one immutable stac-geoparquet file. The file is read once into Arrow and
+kept open (a few releases, re-read when the file changes) with a private in-memory DuckDB that
+sees those rows and no file at all; each search runs one parameterised query built by
+:mod:`lunarchive.catalog._cql2sql` that picks the row numbers of one page, and only those rows
+are turned into STAC item dicts, the way stac-geoparquet does, but in bulk. Opening once and
+materialising 100 rows instead of every match is what makes a search take milliseconds, not a
+second (issue 7, "Speed"). ``sortby``, ``fields`` and paging follow pgstac's semantics
+(:mod:`lunarchive.catalog._search_params`), so the embedded search and the STAC API give the
+same items in the same order with the same fields. A page's ``next`` token is the offset of the
+next page plus a fingerprint of the search: the file never changes and the order is total, so
+offsets are stable. A bad request raises :class:`~lunarchive.schemas.errors.InvalidFilter`
 with one readable line (RELIABILITY.md R17), which the API turns into a 400.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import posixpath
+import re
 import tempfile
-from collections.abc import Iterator, Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import duckdb
 import duckdb.func
 import duckdb.sqltypes
-from stac_geoparquet.arrow import stac_table_to_items
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pystac
+import shapely
+from stac_geoparquet.arrow._batch import StacArrowBatch
 
 from lunarchive.catalog._cql2sql import (
+    Area,
     Box,
     Columns,
     ParsedFilter,
@@ -40,29 +61,68 @@ from lunarchive.catalog._cql2sql import (
     sql,
     validate_filter,
 )
+from lunarchive.catalog._search_params import (
+    FieldSet,
+    SortKey,
+    apply_fields,
+    parse_fields,
+    parse_sortby,
+    sortby_with_tiebreakers,
+)
 from lunarchive.catalog.layout import release_prefix
 from lunarchive.catalog.publish import read_current
 from lunarchive.catalog.store import Store
 from lunarchive.schemas.errors import ConfigurationError, InvalidFilter
 
-__all__ = ["SearchQuery", "search_items", "search_release"]
+__all__ = [
+    "MAX_IDS",
+    "SearchPage",
+    "SearchQuery",
+    "next_token",
+    "release_items",
+    "search",
+    "search_items",
+    "search_page",
+    "search_release",
+]
+
+MAX_IDS: Final = 10_000
+"""Most item ids in one search."""
+_TOKEN: Final = re.compile(r"^(\d{1,12})\.([0-9a-f]{16})$")
 
 
 @dataclass(frozen=True)
 class SearchQuery:
     """One search, in the terms of the STAC API item search.
 
-    ``bbox`` is lunar lon/lat degrees (-180..180); ``minx > maxx`` means it crosses +-180.
-    ``datetime`` is an RFC 3339 instant or an interval ``a/b`` (``..`` or '' for an open end).
-    ``filter_lang`` None means: a dict is cql2-json, a string is cql2-text.
+    ``bbox`` is lunar lon/lat degrees (-180..180, or 0..360); ``minx > maxx`` means it
+    crosses +-180; 6 numbers are searched by their 2D footprint. ``intersects`` is a GeoJSON
+    geometry (not with ``bbox``). ``datetime`` is an RFC 3339 instant or an interval ``a/b``
+    (``..`` or '' for an open end). ``filter_lang`` None means: a dict is cql2-json, a string
+    is cql2-text. ``sortby`` is ``'-datetime,id'`` or ``[{"field": ..., "direction": ...}]``
+    (None: ``datetime`` descending); ``fields`` is ``'id,-assets'`` or ``{"include": [...],
+    "exclude": [...]}``. ``limit`` None returns every match; ``token`` is a page's ``next``.
     """
 
-    bbox: tuple[float, float, float, float] | None = None
+    bbox: tuple[float, ...] | None = None
     datetime: str | None = None
     collections: tuple[str, ...] = ()
     filter: str | dict[str, Any] | None = None
     filter_lang: Literal["cql2-text", "cql2-json"] | None = None
     limit: int | None = None
+    ids: tuple[str, ...] = ()
+    intersects: Mapping[str, Any] | None = None
+    sortby: str | Sequence[Mapping[str, str]] | None = None
+    fields: str | Mapping[str, Any] | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    """One page of results: item dicts, and the token of the next page (None: the last)."""
+
+    features: list[dict[str, Any]]
+    next: str | None
 
 
 @dataclass(frozen=True)
@@ -70,41 +130,110 @@ class _Checked:
     """A query whose parts have all been checked before the file is opened."""
 
     box: Box | None
+    area: Area | None
     span: TimeRange | None
     collections: tuple[str, ...]
+    ids: tuple[str, ...]
     parsed: ParsedFilter | None
+    fields: FieldSet | None
     limit: int | None
+    offset: int
+    fingerprint: str
+
+
+def search(source: Store | str | Path, query: SearchQuery) -> pystac.ItemCollection:
+    """The researcher's entry point: items matching ``query`` as a pystac ``ItemCollection``.
+
+    ``source`` is a store (its current release is searched) or a stac-geoparquet file. The
+    token of the next page, if any, is ``next_token(result)``. With ``fields`` that drop what
+    a pystac Item needs (id, geometry, properties), use :func:`search_page` for plain dicts.
+    Searching a store gives absolute asset hrefs (``file://…``, ``s3://…``), so that a
+    researcher can open them as they are; a file's items keep the hrefs it holds.
+    """
+    if isinstance(source, str | Path):
+        page = search_page(Path(source), query)
+        extra: dict[str, Any] = {}
+    else:
+        with release_items(source) as (version, path):
+            page = search_page(path, query)
+        extra = {"lunarchive:release": version}
+        root = f"{source.url.rstrip('/')}/{release_prefix(version)}"
+        for feature in page.features:
+            for asset in (feature.get("assets") or {}).values():
+                if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+                    asset["href"] = absolute_href(root, asset["href"])
+    try:
+        items = [pystac.Item.from_dict(feature, preserve_dict=False) for feature in page.features]
+    except (KeyError, TypeError, ValueError, pystac.STACError, pystac.STACTypeError) as error:
+        raise InvalidFilter(
+            f"these fields leave items pystac cannot read ({type(error).__name__}); "
+            "use search_page() for partial items"
+        ) from None
+    extra |= {"numberReturned": len(items)} | ({"next": page.next} if page.next else {})
+    return pystac.ItemCollection(items, extra_fields=extra)
+
+
+def absolute_href(root: str, href: str) -> str:
+    """``href`` (relative to the release root ``root``, a URL) as an absolute URL.
+
+    Not ``urllib.parse.urljoin``: it leaves relative references alone for schemes it does not
+    know, ``s3://`` among them.
+    """
+    if "://" in href or href.startswith("/"):
+        return href
+    scheme, rest = root.split("://", 1)
+    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, href))}"
+
+
+def next_token(collection: pystac.ItemCollection) -> str | None:
+    """The token to pass as ``SearchQuery(token=...)`` for the next page, None on the last."""
+    token = collection.extra_fields.get("next")
+    return str(token) if token else None
 
 
 def search_items(parquet_path: Path, query: SearchQuery) -> list[dict[str, Any]]:
-    """Items of ``parquet_path`` matching ``query``, ordered by (collection, id).
+    """Items of ``parquet_path`` matching ``query`` (one page when ``limit`` is given).
 
-    Items come back as stac-geoparquet restores them (properties that some items lack are
-    present as ``None``; datetimes as ``...Z`` strings). Raises InvalidFilter for a bad query,
-    FileNotFoundError when the file is missing.
+    Raises InvalidFilter for a bad query, FileNotFoundError when the file is missing.
     """
+    return search_page(parquet_path, query).features
+
+
+def search_page(parquet_path: Path, query: SearchQuery) -> SearchPage:
+    """One page of items of ``parquet_path`` matching ``query``, in ``sortby`` order."""
     checked = _check_query(query)
     path = Path(parquet_path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no stac-geoparquet file at {path}")
-    with _connect(path) as con:
-        columns = Columns.from_schema(_describe(con, path))
-        translator = Translator(columns)
-        statement = _select(path, columns, _where(translator, checked), checked.limit)
-        if checked.parsed is not None:
-            validate_filter(checked.parsed)
-        _register_areas(con, translator)
-        table = con.sql(statement.text, params=list(statement.params)).to_arrow_table()
-    return list(stac_table_to_items(table)) if table.num_rows else []
+    release = _open(path)
+    keys = parse_sortby(query.sortby, release.columns) if query.sortby is not None else ()
+    translator = Translator(release.columns)
+    where = _where(translator, checked)
+    if checked.parsed is not None:
+        validate_filter(checked.parsed)
+    fetch = checked.limit + 1 if checked.limit is not None else None
+    statement = _select(release.columns, where, keys, fetch, checked.offset)
+    numbers = release.row_numbers(statement, translator.areas)
+    more = bool(checked.limit) and len(numbers) > (checked.limit or 0)  # limit 0: no next page
+    numbers = numbers[: checked.limit] if checked.limit is not None else numbers
+    rows = _to_items(release.table.take(numbers)) if numbers else []
+    token = f"{checked.offset + len(rows)}.{checked.fingerprint}" if more else None
+    return SearchPage([apply_fields(row, checked.fields) for row in rows], token)
 
 
 def search_release(store: Store, query: SearchQuery) -> tuple[str, list[dict[str, Any]]]:
-    """The current release's version and its items matching ``query``.
-
-    The query is checked before anything is read; the release's stac-geoparquet is copied to
-    a temporary file (it is immutable, one object per release) and searched there.
-    """
+    """The current release's version and its items matching ``query`` (one page)."""
     _check_query(query)
+    with release_items(store) as (version, path):
+        return version, search_items(path, query)
+
+
+@contextmanager
+def release_items(store: Store) -> Iterator[tuple[str, Path]]:
+    """The current release's version and a local copy of its stac-geoparquet file.
+
+    The file is immutable, one object per release, so one copy serves every page of a search.
+    """
     current = read_current(store)
     if current is None:
         raise ConfigurationError(
@@ -115,102 +244,389 @@ def search_release(store: Store, query: SearchQuery) -> tuple[str, list[dict[str
         local = store.download(
             release_prefix(version) + "items.parquet", Path(tmp) / "items.parquet"
         )
-        return version, search_items(local, query)
+        yield version, local
 
 
 def _check_query(query: SearchQuery) -> _Checked:
     """Everything that needs no file: fail fast on a malformed request."""
-    collections = query.collections
-    if not isinstance(collections, tuple | list) or not all(
-        isinstance(c, str) for c in collections
-    ):
-        raise InvalidFilter(
-            f"collections must be a list of collection ids, got {quote(collections)}"
-        )
+    collections = _strings(query.collections, "collections", "collection ids")
+    ids = _strings(query.ids, "ids", "item ids")
+    if len(ids) > MAX_IDS:
+        raise InvalidFilter(f"ids lists {len(ids)} items; at most {MAX_IDS} are allowed")
     limit = query.limit
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidFilter(f"limit must be a whole number of items, 0 or more, got {quote(limit)}")
+    if query.bbox is not None and query.intersects is not None:
+        raise InvalidFilter("give bbox or intersects, not both")
+    parsed = parse_filter(query.filter, query.filter_lang) if query.filter is not None else None
+    if query.sortby is not None and not isinstance(query.sortby, str | list | tuple | Mapping):
+        raise InvalidFilter(f"sortby must be text or a list, got {quote(query.sortby)}")
+    fingerprint = _fingerprint(query, parsed)
     return _Checked(
         box=check_bbox(query.bbox) if query.bbox is not None else None,
+        area=_intersects(query.intersects) if query.intersects is not None else None,
         span=parse_datetime_param(query.datetime) if query.datetime is not None else None,
-        collections=tuple(collections),
-        parsed=parse_filter(query.filter, query.filter_lang) if query.filter is not None else None,
+        collections=collections,
+        ids=ids,
+        parsed=parsed,
+        fields=parse_fields(query.fields),
         limit=limit,
+        offset=_token_offset(query.token, fingerprint),
+        fingerprint=fingerprint,
     )
 
 
-@contextmanager
-def _connect(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A private DuckDB that can read ``path`` only: no other file, no extension download.
+def _strings(value: object, name: str, what: str) -> tuple[str, ...]:
+    if not isinstance(value, tuple | list) or not all(isinstance(v, str) for v in value):
+        raise InvalidFilter(f"{name} must be a list of {what}, got {quote(value)}")
+    return tuple(value)
 
-    The SQL is built from parameters and schema names only; this lock-down is the second wall.
-    UTC matters: DuckDB hands TIMESTAMPTZ to Arrow in the session zone, and stac-geoparquet
-    writes them back with a ``Z`` suffix whatever the zone.
+
+def _intersects(geometry: object) -> Area:
+    if not isinstance(geometry, Mapping) or "type" not in geometry:
+        raise InvalidFilter(f"intersects must be a GeoJSON geometry, got {quote(geometry)}")
+    if geometry.get("type") in ("Feature", "FeatureCollection"):
+        raise InvalidFilter("intersects must be a GeoJSON geometry, not a Feature")
+    return Area.from_geojson(geometry)
+
+
+def _fingerprint(query: SearchQuery, parsed: ParsedFilter | None) -> str:
+    """What makes a search this search (not its limit, token or fields): a token from another
+    search would page through the wrong list."""
+    what = [
+        query.bbox,
+        query.intersects,
+        query.datetime,
+        sorted(query.collections) if isinstance(query.collections, tuple | list) else None,
+        sorted(query.ids) if isinstance(query.ids, tuple | list) else None,
+        parsed.tree if parsed is not None else None,
+        query.sortby,
+    ]
+    text = json.dumps(what, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _token_offset(token: object, fingerprint: str) -> int:
+    if token is None:
+        return 0
+    match = _TOKEN.match(token) if isinstance(token, str) else None
+    if match is None:
+        raise InvalidFilter(f"paging token {quote(token)} is not one this search gave out")
+    if match.group(2) != fingerprint:
+        raise InvalidFilter(
+            f"paging token {quote(token)} belongs to another search; "
+            "page with the same query, or start again without a token"
+        )
+    return int(match.group(1))
+
+
+class _Release:
+    """One opened stac-geoparquet file: its rows in memory and a DuckDB that sees only them.
+
+    Opening costs a file read and a DuckDB connection (hundreds of milliseconds for 100 000
+    items); a search on an open release costs milliseconds, so releases are kept open
+    (:func:`_open`). DuckDB gets the rows as an Arrow table plus a row-number column and has no
+    file access at all: the SQL is built from parameters and schema names only, and this
+    lock-down is the second wall. A search asks DuckDB for the row numbers of one page (reading
+    only the columns the filter and the sort need), and only those rows become items. UTC
+    matters for the filter's timestamps; the lock because a DuckDB connection runs one
+    statement at a time and the spatial UDFs are registered per search.
     """
-    config: dict[str, str | bool | int | float | list[str]] = {
-        "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False,
-    }
-    con = duckdb.connect(":memory:", config=config)
-    try:
-        con.execute("SET TimeZone = ?", ["UTC"])
-        con.execute("SET allowed_paths = ?", [[str(path)]])
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        yield con
-    finally:
-        con.close()
 
-
-def _register_areas(con: duckdb.DuckDBPyConnection, translator: Translator) -> None:
-    """One Arrow UDF per query area: DuckDB has no spatial functions here, shapely does the test."""
-    blob, boolean = duckdb.sqltypes.BLOB, duckdb.sqltypes.BOOLEAN
-    for index, area in enumerate(translator.areas):
-        udf = make_intersects_udf(area)
-        con.create_function(
-            translator.udf_name(index), udf, [blob], boolean, type=duckdb.func.ARROW
+    def __init__(self, path: Path, stamp: tuple[int, int, int]) -> None:
+        self.stamp = stamp
+        self.table = pq.read_table(path)
+        # What DuckDB scans: the rows in a spatial order (numbered by their place in the file),
+        # without the columns no filter or sort can name.
+        order = _spatial_order(self.table)
+        searched = self.table.drop_columns(
+            [name for name in _NEVER_SEARCHED if name in self.table.column_names]
+        )
+        numbered = _for_duckdb(searched.take(order)).append_column(_ROW, pa.array(order))
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
+        self.lock = threading.Lock()
+        self.con = duckdb.connect(":memory:", config=config)
+        try:
+            self.con.execute("SET TimeZone = ?", ["UTC"])
+            self.con.execute("SET enable_external_access = false")
+            self.con.execute("SET python_enable_replacements = false")
+            self.con.execute("SET lock_configuration = true")
+            self.con.register(_ITEMS, numbered)
+            rows = self.con.execute(f"DESCRIBE SELECT * FROM {_ITEMS}").fetchall()
+        except BaseException:
+            self.con.close()
+            raise
+        # Column names and DuckDB types: the only identifiers a filter may reach.
+        self.columns = Columns.from_schema(
+            (str(row[0]), str(row[1])) for row in rows if str(row[0]) != _ROW
         )
 
+    def row_numbers(self, statement: Sql, areas: Sequence[Area]) -> list[int]:
+        """Run ``statement`` (which selects the row-number column) with one UDF per area."""
+        blob, boolean = duckdb.sqltypes.BLOB, duckdb.sqltypes.BOOLEAN
+        with self.lock:
+            names: list[str] = []
+            try:
+                # DuckDB has no spatial predicates here: shapely does the exact test.
+                for index, area in enumerate(areas):
+                    name = Translator.udf_name(index)
+                    udf = make_intersects_udf(area)
+                    self.con.create_function(name, udf, [blob], boolean, type=duckdb.func.ARROW)
+                    names.append(name)
+                found = self.con.execute(statement.text, list(statement.params)).fetchall()
+            finally:
+                for name in names:
+                    self.con.remove_function(name)
+        return [int(row[0]) for row in found]
 
-def _describe(con: duckdb.DuckDBPyConnection, path: Path) -> list[tuple[str, str]]:
-    """Column names and DuckDB types: the only identifiers a filter may reach."""
-    rows = con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(path)]).fetchall()
-    return [(str(row[0]), str(row[1])) for row in rows]
+
+def _spatial_order(table: pa.Table) -> npt.NDArray[np.int64]:
+    """Row numbers in Z-order of their bbox's south-west corner on a grid of 5-degree cells.
+
+    DuckDB calls the spatial UDF once per batch of rows that pass the bbox prefilter; with the
+    rows in file order the few that pass a small box are spread over every batch, and the calls
+    cost more than the test. Kept near each other, they take a handful of calls. The order of
+    the results is the ``ORDER BY``'s, not this one.
+    """
+    rows = np.arange(table.num_rows, dtype=np.int64)
+    if "bbox" not in table.column_names or not pa.types.is_struct(table.schema.field("bbox").type):
+        return rows
+    bbox = table.column("bbox")
+    if not {"xmin", "ymin"} <= {field.name for field in bbox.type}:
+        return rows
+    cells = [
+        np.clip(
+            np.nan_to_num(
+                (pc.struct_field(bbox, name).to_numpy(zero_copy_only=False) + offset) / _CELL,
+                nan=0.0,
+            ),
+            0,
+            2**_CELL_BITS - 1,
+        ).astype(np.uint32)
+        for name, offset in (("xmin", 180.0), ("ymin", 90.0))
+    ]
+    key = np.zeros(table.num_rows, dtype=np.uint32)
+    for bit in range(_CELL_BITS):
+        key |= ((cells[0] >> bit) & 1) << (2 * bit) | ((cells[1] >> bit) & 1) << (2 * bit + 1)
+    ordered: npt.NDArray[np.int64] = rows[np.argsort(key, kind="stable")]
+    return ordered
+
+
+_CELL: Final = 5.0
+_CELL_BITS: Final = 7
+_NEVER_SEARCHED: Final = ("assets", "links")
+"""Columns a filter or sort can never name (Columns.lookup refuses them): not given to DuckDB."""
+
+
+def _for_duckdb(table: pa.Table) -> pa.Table:
+    """The table as DuckDB scans it fastest: text and WKB as Arrow views, which DuckDB reads
+    without a copy (a search scans the sort and filter columns of every row), and the
+    footprint as plain WKB: as DuckDB's GEOMETRY every footprint would be converted on every
+    scan, and the spatial test (shapely, in a UDF) wants WKB anyway."""
+    for index, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            kind = pa.string_view()
+        elif pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            kind = pa.binary_view()
+        else:
+            continue
+        metadata = None if field.name == "geometry" else field.metadata
+        table = table.set_column(
+            index,
+            pa.field(field.name, kind, field.nullable, metadata),
+            table.column(index).cast(kind),
+        )
+    return table
+
+
+_OPEN_RELEASES: Final = 2
+"""Releases kept open: the current one, and the one before while a reader switches."""
+_ITEMS: Final = "items"
+_ROW: Final = "lunarchive:row"
+_releases: OrderedDict[Path, _Release] = OrderedDict()
+_releases_lock = threading.Lock()
+_opening = threading.Lock()
+
+
+def _open(path: Path) -> _Release:
+    """The open release for ``path``, opened again when the file has changed since.
+
+    A release dropped from the cache is not closed here: a search in another thread may still
+    hold it; its connection closes when the last search lets go of it.
+    """
+    info = path.stat()
+    stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+    release = _cached(path, stamp)
+    if release is not None:
+        return release
+    with _opening:  # one file read at a time, not one per thread that wants the same file
+        release = _cached(path, stamp)
+        if release is not None:
+            return release
+        release = _Release(path, stamp)
+        with _releases_lock:
+            _releases[path] = release
+            _releases.move_to_end(path)
+            while len(_releases) > _OPEN_RELEASES:
+                _releases.popitem(last=False)
+    return release
+
+
+def _cached(path: Path, stamp: tuple[int, int, int]) -> _Release | None:
+    with _releases_lock:
+        release = _releases.get(path)
+        if release is None or release.stamp != stamp:
+            return None
+        _releases.move_to_end(path)
+        return release
+
+
+def _to_items(table: pa.Table) -> list[dict[str, Any]]:
+    """stac-geoparquet's rows -> item dicts, without its slow per-row step.
+
+    stac-geoparquet lowers the columns back to item shape (``to_json_batch``), then converts
+    each row and each geometry one Python call at a time: for 100 rows that is most of a
+    search. Here the rows come out in one ``to_pylist`` and the geometries in one vectorised
+    ``shapely.to_geojson``; the result is the same dicts (checked against
+    ``stac_table_to_items``). Empty or non-finite geometries, which GEOS writes differently,
+    take stac-geoparquet's own path.
+    """
+    items: list[dict[str, Any]] = []
+    for batch in table.to_batches():
+        lowered = StacArrowBatch(batch).to_json_batch().inner
+        paths = _geometry_paths(lowered.schema)
+        geometries = [shapely.from_wkb(_column_at(lowered, path)) for path in paths]
+        texts = [shapely.to_geojson(column) for column in geometries]
+        empty = [shapely.is_empty(column) for column in geometries]
+        for index, row in enumerate(lowered.to_pylist()):
+            for path, shapes, text, blank in zip(paths, geometries, texts, empty, strict=True):
+                _set_path(row, path, _geojson(shapes[index], text[index], bool(blank[index])))
+            assets = row.setdefault("assets", {})
+            if assets and isinstance(assets, dict):
+                row["assets"] = {key: value for key, value in assets.items() if value is not None}
+            items.append(row)
+    return items
+
+
+def _geometry_paths(schema: pa.Schema) -> list[tuple[str, ...]]:
+    """Where WKB geometries sit in a lowered batch: the footprint and any ``proj:geometry``."""
+    paths: list[tuple[str, ...]] = [("geometry",)]
+    if "properties" in schema.names:
+        properties = schema.field("properties").type
+        if pa.types.is_struct(properties) and properties.get_field_index("proj:geometry") >= 0:
+            paths.append(("properties", "proj:geometry"))
+    if "assets" in schema.names and pa.types.is_struct(schema.field("assets").type):
+        for asset in schema.field("assets").type:
+            if pa.types.is_struct(asset.type) and asset.type.get_field_index("proj:geometry") >= 0:
+                paths.append(("assets", asset.name, "proj:geometry"))
+    return paths
+
+
+def _column_at(batch: pa.RecordBatch, path: tuple[str, ...]) -> pa.Array:
+    column = batch.column(path[0])
+    for name in path[1:]:
+        column = pc.struct_field(column, name)
+    return column
+
+
+def _set_path(row: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+    node = row
+    for name in path[:-1]:
+        node = node[name]
+    node[path[-1]] = value
+
+
+def _geojson(shape: Any, text: str | None, empty: bool) -> Any:
+    """One geometry as GeoJSON: GEOS's text when it writes what stac-geoparquet would."""
+    if shape is None:
+        return None
+    if not empty and text is not None and "null" not in text:
+        return json.loads(text)
+    mapping = dict(shape.__geo_interface__)
+    if "coordinates" in mapping:
+        mapping["coordinates"] = _lists(mapping["coordinates"])
+    return mapping
+
+
+def _lists(value: Any) -> Any:
+    return [_lists(part) for part in value] if isinstance(value, tuple | list) else value
 
 
 def _where(translator: Translator, checked: _Checked) -> Sql | None:
-    """AND of the bbox, datetime, collections and filter conditions (None: no condition)."""
+    """AND of the spatial, datetime, collections, ids and filter conditions (None: none)."""
     parts: list[Sql] = []
     if checked.box is not None:
         parts.append(translator.bbox_condition(checked.box))
+    if checked.area is not None:
+        parts.append(translator.area_condition(checked.area))
     if checked.span is not None:
         parts.append(translator.time_condition(checked.span))
     if checked.collections:
-        parts.append(_collections_condition(translator.columns, checked.collections))
+        parts.append(_member_condition(translator.columns, "collection", checked.collections))
+    if checked.ids:
+        parts.append(_member_condition(translator.columns, "id", checked.ids))
     if checked.parsed is not None:
         parts.append(translator.condition(checked.parsed.tree))
     return join(" AND ", parts) if parts else None
 
 
-def _collections_condition(columns: Columns, collections: Sequence[str]) -> Sql:
-    """Items of any of ``collections``; a file without a collection column matches none."""
-    if not columns.has("collection"):
+def _member_condition(columns: Columns, name: str, values: Sequence[str]) -> Sql:
+    """Items whose ``name`` is one of ``values``; a file without that column matches none."""
+    if not columns.has(name):
         return sql("CAST({} AS BOOLEAN)", param(False))
-    column = Sql(quote_identifier("collection"))
-    return sql("list_contains(CAST({} AS VARCHAR[]), {})", param(list(collections)), column)
+    column = Sql(quote_identifier(name))
+    return sql("list_contains(CAST({} AS VARCHAR[]), {})", param(list(values)), column)
 
 
-def _select(path: Path, columns: Columns, where: Sql | None, limit: int | None) -> Sql:
-    """The whole statement: every column (stac-geoparquet needs them all to rebuild items)."""
-    order = ", ".join(quote_identifier(name) for name in ("collection", "id") if columns.has(name))
-    text = "SELECT * FROM read_parquet({})"
-    parts = [param(str(path))]
+def _sort_expression(columns: Columns, field: str) -> str | None:
+    """What pgstac sorts ``field`` by: its ``datetime`` column is the item's datetime or else
+    its start, its ``end_datetime`` the end or else the datetime."""
+    order = {
+        "datetime": ("datetime", "start_datetime"),
+        "start_datetime": ("datetime", "start_datetime"),
+        "end_datetime": ("end_datetime", "datetime"),
+    }.get(field, (field,))
+    names = [quote_identifier(name) for name in order if columns.has(name)]
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else f"COALESCE({', '.join(names)})"
+
+
+def _order_by(columns: Columns, keys: tuple[SortKey, ...]) -> str:
+    """ORDER BY text (schema names only): PostgreSQL puts nulls last ascending, first
+    descending, and so do we."""
+    parts = []
+    for key in sortby_with_tiebreakers(keys):
+        expression = _sort_expression(columns, key.field)
+        if expression is not None:
+            nulls = "LAST" if key.direction == "asc" else "FIRST"
+            parts.append(f"{expression} {key.direction.upper()} NULLS {nulls}")
+    return ", ".join(parts)
+
+
+def _select(
+    columns: Columns,
+    where: Sql | None,
+    keys: tuple[SortKey, ...],
+    limit: int | None,
+    offset: int,
+) -> Sql:
+    """The whole statement: the row numbers of one page, in order (the rows come from Arrow)."""
+    order = _order_by(columns, keys)
+    text = f"SELECT {quote_identifier(_ROW)} FROM {_ITEMS}"
+    parts: list[Sql] = []
     if where is not None:
         text += " WHERE {}"
         parts.append(where)
-    if order:
-        text += f" ORDER BY {order}"
+    text += f" ORDER BY {order}, " if order else " ORDER BY "
+    text += quote_identifier(_ROW)
     if limit is not None:
         text += " LIMIT {}"
         parts.append(param(limit))
+    if offset:
+        text += " OFFSET {}"
+        parts.append(param(offset))
     return sql(text, *parts)

@@ -19,11 +19,11 @@ __all__ = [
     "EXTENSIONS",
     "QUERYABLES_REL",
     "CubeDescription",
+    "FileAsset",
     "create_catalog",
     "create_collection",
     "create_cube_item",
     "create_queryables",
-    "create_specimen_item",
     "multihash_sha256",
 ]
 
@@ -32,19 +32,30 @@ EXTENSIONS = {
     "proj": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
     "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
     "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
+    "datacube": "https://stac-extensions.github.io/datacube/v2.2.0/schema.json",
 }
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
-CSV_MEDIA_TYPE = "text/csv"
+PNG_MEDIA_TYPE = "image/png"
+JSON_MEDIA_TYPE = "application/json"
 _MOON = {"ssys:targets": ["Moon"]}
 QUERYABLES_REL = "http://www.opengis.net/def/rel/ogc/1.0/queryables"
 _TIME_PROPERTIES = {"datetime", "start_datetime", "end_datetime", "created", "updated"}
-_NOT_QUERYABLE = {"proj:wkt2", "proj:projjson", "proj:transform", "proj:shape", "description"}
+_NOT_QUERYABLE = {
+    "proj:wkt2",
+    "proj:projjson",
+    "proj:transform",
+    "proj:shape",
+    "description",
+    "cube:dimensions",
+    "cube:variables",
+    "lunarchive:inputs",
+}
 _ENUM_LIMIT = 32  # a text property with at most this many values lists them
 
 
 @dataclass(frozen=True)
 class CubeDescription:
-    """What an item needs to know about one Zarr cube (filled from processing's summary)."""
+    """What an item needs to know about one Zarr tile store (from the flow's tile record)."""
 
     shape: tuple[int, int]
     transform: tuple[float, float, float, float, float, float]
@@ -56,10 +67,20 @@ class CubeDescription:
     variable: str
     units: str
     dtype: str
-    minimum: float
-    maximum: float
-    mean: float
-    nodata_fraction: float
+    bands: Sequence[Mapping[str, Any]]  # per band: name, statistics, histogram (raster ext.)
+    dimensions: Mapping[str, Any]  # cube:dimensions of the datacube extension
+
+
+@dataclass(frozen=True)
+class FileAsset:
+    """One stored file an item links to, with its checksum and size (file extension)."""
+
+    href: str
+    sha256: str
+    size: int
+    media_type: str
+    title: str
+    roles: tuple[str, ...]
 
 
 def multihash_sha256(hex_digest: str) -> str:
@@ -119,9 +140,14 @@ def create_cube_item(
     end: datetime,
     title: str,
     derived_from: Sequence[str] = (),
+    files: Mapping[str, FileAsset] | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> pystac.Item:
-    """The item of one Zarr cube tile: projection from the data, one ``zarr`` asset."""
-    properties: dict[str, Any] = {
+    """The item of one Zarr tile store: projection from the data, the datacube's dimensions,
+    per-band statistics on the ``zarr`` asset, and ``files`` (a ``thumbnail``, the tile's
+    inventory) with their checksums. ``properties`` adds namespaced fields (provenance)."""
+    extra = dict(properties or {})
+    item_properties: dict[str, Any] = {
         "title": title,
         "start_datetime": _rfc3339(start),
         "end_datetime": _rfc3339(end),
@@ -132,84 +158,57 @@ def create_cube_item(
         "proj:projjson": dict(cube.projjson),
         "proj:shape": list(cube.shape),
         "proj:transform": list(cube.transform),
+        "cube:dimensions": dict(cube.dimensions),
+        "cube:variables": {
+            cube.variable: {
+                "dimensions": [d for d in ("band", "y", "x") if d in cube.dimensions],
+                "type": "data",
+                "unit": cube.units,
+            }
+        },
+        **extra,
     }
+    extensions = ["ssys", "proj", "raster", "datacube"] + (["file"] if files else [])
     item = pystac.Item(
         id=item_id,
         geometry=dict(cube.geometry),
         bbox=list(cube.bbox),
         datetime=None,
-        properties=properties,
-        stac_extensions=[EXTENSIONS["ssys"], EXTENSIONS["proj"], EXTENSIONS["raster"]],
+        properties=item_properties,
+        stac_extensions=[EXTENSIONS[name] for name in extensions],
     )
     item.add_asset("zarr", _cube_asset(cube, cube_href))
+    for key, file in (files or {}).items():
+        item.add_asset(
+            key,
+            pystac.Asset(
+                href=file.href,
+                media_type=file.media_type,
+                roles=list(file.roles),
+                title=file.title,
+                extra_fields={
+                    "file:checksum": multihash_sha256(file.sha256),
+                    "file:size": file.size,
+                },
+            ),
+        )
     for href in derived_from:
         item.add_link(pystac.Link("derived_from", href, media_type="application/xml"))
     return item
 
 
 def _cube_asset(cube: CubeDescription, href: str) -> pystac.Asset:
-    band = {
-        "name": cube.variable,
-        "data_type": cube.dtype,
-        "unit": cube.units,
-        "nodata": "nan",
-        "statistics": {
-            "minimum": cube.minimum,
-            "maximum": cube.maximum,
-            "mean": cube.mean,
-            "valid_percent": round(100.0 * (1.0 - cube.nodata_fraction), 4),
-        },
-    }
+    bands = [
+        {"data_type": cube.dtype, "unit": cube.units, "nodata": "nan"} | dict(band)
+        for band in cube.bands
+    ]
     return pystac.Asset(
         href=href,
         media_type=ZARR_MEDIA_TYPE,
         roles=["data"],
-        title=f"Zarr v3 cube ({cube.variable})",
-        extra_fields={"raster:bands": [band]},
+        title=f"Zarr v3 tile store ({cube.variable}, with overviews)",
+        extra_fields={"raster:bands": bands},
     )
-
-
-def create_specimen_item(
-    record: Mapping[str, Any],
-    *,
-    item_id: str,
-    collected: datetime,
-    source_href: str,
-    source_sha256: str,
-    source_size: int,
-) -> pystac.Item:
-    """The item of one lunar sample record: a point at its location, no projection."""
-    lon, lat = float(record["lon_deg"]), float(record["lat_deg"])
-    properties = {key: value for key, value in record.items() if value is not None}
-    properties.update(
-        {
-            "title": f"Lunar sample {record['sample_id']}",
-            **_MOON,
-            "ssys:target_class": "sample",
-        }
-    )
-    item = pystac.Item(
-        id=item_id,
-        geometry={"type": "Point", "coordinates": [lon, lat]},
-        bbox=[lon, lat, lon, lat],
-        datetime=collected,
-        properties=properties,
-        stac_extensions=[EXTENSIONS["ssys"], EXTENSIONS["file"]],
-    )
-    item.add_asset(
-        "source",
-        pystac.Asset(
-            href=source_href,
-            media_type=CSV_MEDIA_TYPE,
-            roles=["metadata", "source"],
-            title="The partner record this item was made from",
-            extra_fields={
-                "file:checksum": multihash_sha256(source_sha256),
-                "file:size": source_size,
-            },
-        ),
-    )
-    return item
 
 
 def _rfc3339(moment: datetime) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "check_key",
     "json_bytes",
     "open_store",
+    "resume_offset",
 ]
 
 _CHUNK = 1024 * 1024
@@ -65,21 +66,29 @@ class S3Options:
 
 @runtime_checkable
 class Store(Protocol):
-    """The operations every backend provides, with the same contract."""
+    """The operations every backend provides, with the same contract.
+
+    ``fetch_into`` brings a local partial file up to the object's ``size`` bytes, reading only
+    the range it lacks (a sync resumes a large object this way; the caller checks the result).
+    ``sha256=`` on a write is the caller's word for the bytes' sha256 (a sync has just
+    checked them against the manifest); the store then need not hash them again. ``sha256()``
+    may answer from what the store recorded at write time; ``rehash=True`` reads the bytes.
+    """
 
     url: str
 
     def read(self, key: str) -> bytes: ...
     def read_tagged(self, key: str) -> tuple[bytes, str] | None: ...
     def exists(self, key: str) -> bool: ...
-    def write(self, key: str, data: bytes) -> ObjectInfo: ...
-    def write_file(self, key: str, path: Path) -> ObjectInfo: ...
+    def write(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo: ...
+    def write_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo: ...
     def create(self, key: str, data: bytes) -> ObjectInfo: ...
     def swap(self, key: str, data: bytes, *, expected_tag: str | None) -> ObjectInfo: ...
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
-    def sha256(self, key: str) -> str: ...
+    def sha256(self, key: str, *, rehash: bool = False) -> str: ...
     def delete(self, key: str) -> None: ...
     def download(self, key: str, dest: Path) -> Path: ...
+    def fetch_into(self, key: str, part: Path, *, size: int) -> None: ...
     def zarr_store(self, prefix: str) -> zarr.abc.store.Store: ...
     def check_conditional_writes(self) -> None: ...
 
@@ -123,6 +132,16 @@ def open_store(url: str, *, s3: S3Options | None = None) -> Store:
 
         return S3Store(parsed.netloc, parsed.path.strip("/"), s3 or S3Options())
     raise ConfigurationError(f"store URL {url!r}: only file:// and s3:// are supported")
+
+
+def resume_offset(part: Path, size: int) -> int:
+    """How many bytes of ``part`` a resumed fetch keeps (none if it is already too long)."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    if have > size:
+        part.unlink()
+        return 0
+    return have
 
 
 def _sha256_file(handle: IO[bytes]) -> str:
@@ -173,43 +192,51 @@ class FolderStore:
         finally:
             temp.unlink(missing_ok=True)
 
-    def _fill(self, temp: Path, data: bytes | Path) -> None:
+    def _fill(
+        self, temp: Path, data: bytes | Path, sha256: str | None, *, hashed: bool = True
+    ) -> str:
+        """Write ``data`` to ``temp`` durably; return its sha256 (``sha256`` if the caller knows
+        it, else hashed on the way through, never by reading the file again; ``""`` when not
+        ``hashed``)."""
+        digest = None if sha256 or not hashed else hashlib.sha256()
         with temp.open("wb") as out:
             if isinstance(data, Path):
                 with data.open("rb") as src:
                     while block := src.read(_CHUNK):
                         out.write(block)
+                        if digest is not None:
+                            digest.update(block)
             else:
                 out.write(data)
+                if digest is not None:
+                    digest.update(data)
             out.flush()
             os.fsync(out.fileno())
+        return sha256 or (digest.hexdigest() if digest is not None else "")
 
-    def _info(self, key: str, path: Path) -> ObjectInfo:
-        with path.open("rb") as handle:
-            return ObjectInfo(key, path.stat().st_size, _sha256_file(handle))
+    def write(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo:
+        return self._put(key, data, sha256)
 
-    def write(self, key: str, data: bytes) -> ObjectInfo:
-        return self._put(key, data)
+    def write_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo:
+        return self._put(key, path, sha256)
 
-    def write_file(self, key: str, path: Path) -> ObjectInfo:
-        return self._put(key, path)
-
-    def _put(self, key: str, data: bytes | Path) -> ObjectInfo:
+    def _put(self, key: str, data: bytes | Path, sha256: str | None) -> ObjectInfo:
         path = self._path(key)
         with self._temp_beside(path) as temp:
-            self._fill(temp, data)
+            tag = self._fill(temp, data, sha256)
+            size = temp.stat().st_size
             os.replace(temp, path)
-        return self._info(key, path)
+        return ObjectInfo(key, size, tag)
 
     def create(self, key: str, data: bytes) -> ObjectInfo:
         path = self._path(key)
         with self._temp_beside(path) as temp:
-            self._fill(temp, data)
+            tag = self._fill(temp, data, None)
             try:
                 os.link(temp, path)  # atomic, and fails if the name exists
             except FileExistsError:
                 raise StoreConflict(f"{self.url}/{key} already exists") from None
-        return self._info(key, path)
+        return ObjectInfo(key, len(data), tag)
 
     def swap(self, key: str, data: bytes, *, expected_tag: str | None) -> ObjectInfo:
         path = self._path(key)
@@ -222,7 +249,7 @@ class FolderStore:
                     f"{self.url}/{key} changed since it was read (expected tag "
                     f"{expected_tag!r}, found {current_tag!r})"
                 )
-            return self._put(key, data)
+            return self._put(key, data, None)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         _check_prefix(prefix)
@@ -239,7 +266,8 @@ class FolderStore:
                 if key.startswith(prefix):
                     yield ObjectInfo(key, full.stat().st_size)
 
-    def sha256(self, key: str) -> str:
+    def sha256(self, key: str, *, rehash: bool = False) -> str:
+        """Always read and hashed: a folder records nothing beside the bytes."""
         try:
             with self._path(key).open("rb") as handle:
                 return _sha256_file(handle)
@@ -252,9 +280,21 @@ class FolderStore:
     def download(self, key: str, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._temp_beside(dest) as temp:
-            self._fill(temp, self._path(key))
+            self._fill(temp, self._path(key), None, hashed=False)
             os.replace(temp, dest)
         return dest
+
+    def fetch_into(self, key: str, part: Path, *, size: int) -> None:
+        have = resume_offset(part, size)
+        if have == size:
+            return
+        try:
+            with self._path(key).open("rb") as src, part.open("ab") as out:
+                src.seek(have)
+                while block := src.read(_CHUNK):
+                    out.write(block)
+        except FileNotFoundError:
+            raise KeyError(key) from None
 
     def zarr_store(self, prefix: str) -> zarr.abc.store.Store:
         import zarr.storage

@@ -105,7 +105,8 @@ class SyncSource(Protocol):
 
 
 class StoreSource:
-    """A folder or S3 store as a sync source (no partial resume: a retry starts over)."""
+    """A folder or S3 store as a sync source; a large object resumes from its partial file
+    (on S3 with a ranged GET)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -118,7 +119,7 @@ class StoreSource:
         return data
 
     def fetch(self, key: str, part: Path, *, size: int) -> None:
-        self.store.download(key, part)
+        self.store.fetch_into(key, part, size=size)
 
 
 class HttpSource:
@@ -594,9 +595,9 @@ class _Mirror:
                     f"manifest says {entry.size} bytes with sha256 {entry.sha256}"
                 )
             if isinstance(data, Path):
-                self.dest.write_file(entry.key, data)
+                self.dest.write_file(entry.key, data, sha256=sha)
             else:
-                self.dest.write(entry.key, data)
+                self.dest.write(entry.key, data, sha256=sha)
         except TransientError:
             if isinstance(data, Path):
                 data.unlink(missing_ok=True)  # wrong bytes: the next attempt starts over
@@ -886,7 +887,7 @@ def verify_mirror(
 def _audit(dest: Store) -> Callable[[ManifestEntry], bool]:
     def whole(entry: ManifestEntry) -> bool:
         try:
-            return dest.sha256(entry.key) == entry.sha256
+            return dest.sha256(entry.key, rehash=True) == entry.sha256
         except KeyError:
             return False
 

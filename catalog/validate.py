@@ -8,6 +8,13 @@ A ``$ref`` that none of these can resolve is reported as unavailable, never gues
 
 An object is checked against its STAC core schema and against every extension schema it
 declares in ``stac_extensions``.
+
+Speed (a release holds 100 000 items, each checked against two or three schemas): each schema
+is compiled once per validator, and when ``jsonschema-rs`` is installed its compiled (Rust)
+validator decides first — about a hundred times faster than ``jsonschema`` walking the schema.
+An object it finds invalid is checked again by ``jsonschema``, whose ``best_match`` names the
+place and the rule in the error; formats are not asserted by either (as ``jsonschema``'s
+Draft 7 default), so both judge the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,11 @@ import jsonschema
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT7
+
+try:  # optional: the fast path (see the module docstring)
+    import jsonschema_rs
+except ImportError:  # pragma: no cover - depends on the environment
+    jsonschema_rs = None  # type: ignore[assignment]
 
 from lunarchive.schemas.errors import LunarchiveError
 
@@ -85,6 +98,7 @@ class StacValidator:
         self._registry: Registry = Registry(retrieve=self._retrieve).with_resources(  # type: ignore[call-arg]
             known.items()
         )
+        self._compiled: dict[str, _Compiled] = {}
 
     def validate(self, stac: Mapping[str, Any]) -> list[str]:
         """The schema URLs ``stac`` was checked against; raises StacInvalid (and, when
@@ -92,19 +106,52 @@ class StacValidator:
         checked = []
         for url in schema_urls(stac):
             try:
-                schema = self._registry.get_or_retrieve(url).value.contents
-                validator = jsonschema.Draft7Validator(schema, registry=self._registry)
-                error = jsonschema.exceptions.best_match(validator.iter_errors(stac))
+                error = self._first_error(url, stac)
             except (NoSuchResource, Unresolvable) as exc:
                 if self._strict:
                     raise SchemaUnavailable(f"{stac.get('id')!r}: schema {url}: {exc}") from None
                 self.unavailable.add(url)
                 continue
             if error is not None:
-                where = "/".join(str(part) for part in error.absolute_path) or "(root)"
-                raise StacInvalid(f"{stac.get('id')!r}, at {where}: {error.message} (schema {url})")
+                where, message = error
+                raise StacInvalid(f"{stac.get('id')!r}, at {where}: {message} (schema {url})")
             checked.append(url)
         return checked
+
+    def _first_error(self, url: str, stac: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Where and why ``stac`` breaks schema ``url`` (None: it does not)."""
+        compiled = self._compiled.get(url)
+        if compiled is None:
+            schema = self._registry.get_or_retrieve(url).value.contents
+            compiled = self._compiled[url] = _Compiled(
+                jsonschema.Draft7Validator(schema, registry=self._registry),
+                self._fast_validator(schema),
+            )
+        if compiled.fast is not None and compiled.fast.is_valid(stac):
+            return None
+        error = jsonschema.exceptions.best_match(compiled.slow.iter_errors(stac))
+        if error is not None:
+            return "/".join(str(part) for part in error.absolute_path) or "(root)", error.message
+        if compiled.fast is None:
+            return None
+        fast_error = next(iter(compiled.fast.iter_errors(stac)))  # the two judge differently
+        return "/".join(str(part) for part in fast_error.instance_path) or "(root)", str(
+            fast_error.message
+        )
+
+    def _fast_validator(self, schema: Any) -> Any:
+        """The schema compiled by jsonschema-rs, its references resolved as ours are; None
+        without jsonschema-rs, or when it cannot compile the schema (jsonschema then judges)."""
+        if jsonschema_rs is None:
+            return None
+
+        def retrieve(uri: str) -> Any:
+            return self._registry.get_or_retrieve(uri.rstrip("#")).value.contents
+
+        try:
+            return jsonschema_rs.Draft7Validator(schema, validate_formats=False, retriever=retrieve)
+        except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError):
+            return None
 
     def validate_files(self, files: Mapping[str, bytes]) -> list[str]:
         """Validate every STAC JSON document of a rendered release; returns their keys.
@@ -153,6 +200,12 @@ class StacValidator:
         if self._cache_dir is None:
             return None
         return self._cache_dir / (hashlib.sha256(uri.encode()).hexdigest()[:32] + ".json")
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    slow: jsonschema.Draft7Validator  # names the error
+    fast: Any  # jsonschema_rs.Draft7Validator, or None
 
 
 def validate_stac(stac: Mapping[str, Any], schema_dir: Path) -> list[str]:

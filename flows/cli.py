@@ -12,8 +12,9 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import typer
@@ -21,10 +22,14 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from lunarchive.catalog.search import SearchQuery, search_release
 from lunarchive.flows.settings import Settings
 from lunarchive.schemas.errors import ConfigurationError, InvalidFilter, LunarchiveError
 from lunarchive.schemas.product import ProductRecord
+
+if TYPE_CHECKING:
+    # Imported where used: the search stack (DuckDB, pyarrow, pandas) costs seconds of start-up
+    # that `sync`, `status` or `inspect` should not pay.
+    from lunarchive.catalog.search import SearchQuery
 
 __all__ = ["app", "main"]
 
@@ -77,9 +82,7 @@ def _options(
 
 def _store_url(given: str | None) -> str:
     """The store URL with a relative folder made absolute (flows may run elsewhere)."""
-    from lunarchive.flows._runtime import load_settings
-
-    url = given or load_settings().store_url
+    url = given or Settings().store_url  # not _runtime's load_settings: it imports Prefect
     if urlparse(url).scheme in ("", "file") and not url.startswith("file://"):
         return Path(url).expanduser().resolve().as_uri()
     return url
@@ -116,6 +119,8 @@ def demo(store: StoreOption = None) -> None:
     ):
         result = run_demo(url)
     _print_run(result, url)
+    from lunarchive.catalog.search import SearchQuery
+
     _search_and_print(url, SearchQuery(bbox=(-52.5, 42.5, -51.5, 43.5)), as_json=False)
     out.print(
         f"\nThe store is [bold]{url}[/]. Try: lunarchive search --store {url} "
@@ -157,12 +162,17 @@ def pipeline(
 def search(
     store: StoreOption = None,
     bbox: Annotated[
-        str | None, typer.Option(help="west,south,east,north in lunar degrees (-180..180).")
+        str | None,
+        typer.Option(help="west,south,east,north in lunar degrees (-180..180 or 0..360)."),
+    ] = None,
+    intersects: Annotated[
+        str | None, typer.Option(help="A GeoJSON geometry (text) the items must intersect.")
     ] = None,
     datetime: Annotated[
         str | None, typer.Option(help="RFC 3339 instant or interval: a/b, ../b, a/..")
     ] = None,
     collections: Annotated[str | None, typer.Option(help="Comma-separated collection ids.")] = None,
+    ids: Annotated[str | None, typer.Option(help="Comma-separated item ids.")] = None,
     filter: Annotated[  # noqa: A002 - the STAC API's name for it
         str | None,
         typer.Option(help="CQL2 filter, e.g. \"mission = 'Apollo 17' AND mass_g > 100\"."),
@@ -170,22 +180,48 @@ def search(
     filter_lang: Annotated[
         str | None, typer.Option(help="cql2-text or cql2-json [default: from the filter].")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=0, help="At most this many items.")] = None,
+    sortby: Annotated[
+        str | None,
+        typer.Option(
+            help="Sort keys, '-' for descending, e.g. -properties.datetime,id "
+            "[default: -datetime, then collection and id]."
+        ),
+    ] = None,
+    fields: Annotated[
+        str | None,
+        typer.Option(help="Fields to keep (+) or drop (-), e.g. id,properties.mission,-assets."),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="Items read per page (all pages are printed).")
+    ] = 100,
+    max_items: Annotated[
+        int | None, typer.Option(min=0, help="Stop after this many items [default: all].")
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Start at this page (the 'next' of an earlier search).")
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a GeoJSON FeatureCollection.")
     ] = False,
 ) -> None:
     """Search the current release's items (DuckDB over its stac-geoparquet, CQL2 filters)."""
+    from lunarchive.catalog.search import SearchQuery
+
     with _one_line_errors():
         query = SearchQuery(
             bbox=_parse_bbox(bbox) if bbox else None,
+            intersects=_parse_geojson(intersects) if intersects else None,
             datetime=datetime,
-            collections=tuple(c.strip() for c in collections.split(",")) if collections else (),
+            collections=_parse_list(collections),
+            ids=_parse_list(ids),
             filter=_parse_filter(filter, filter_lang),
             filter_lang=_check_lang(filter_lang),
+            sortby=sortby,
+            fields=fields,
             limit=limit,
+            token=token,
         )
-        _search_and_print(_store_url(store), query, as_json=as_json)
+        _search_and_print(_store_url(store), query, as_json=as_json, max_items=max_items)
 
 
 @app.command()
@@ -213,11 +249,10 @@ def sync(
     only when the whole release is there."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from lunarchive.flows._runtime import load_settings
-    from lunarchive.flows.sync import mirror
-    from lunarchive.flows.sync import verify as verify_mirror
+    from lunarchive.flows.mirror import mirror  # Prefect-free: a no-op sync starts fast
+    from lunarchive.flows.mirror import verify as verify_mirror
 
-    settings = load_settings()
+    settings = Settings()
     dest_url = _store_url(dest)
     with _one_line_errors():
         if verify:
@@ -346,10 +381,13 @@ def _print_record(record: ProductRecord) -> None:
 
 def _mount_subcommands() -> None:
     """Commands that live in their own modules (each imports what it needs lazily)."""
-    from lunarchive.flows.cli_harvest import harvest_command, status_command
+    from lunarchive.flows.cli_harvest import harvest_command
+    from lunarchive.flows.cli_process import process_command
     from lunarchive.flows.cli_samples import app as samples_app
+    from lunarchive.flows.cli_status import status_command
 
     app.command("harvest")(harvest_command)
+    app.command("process")(process_command)
     app.command("status")(status_command)
     app.add_typer(samples_app, name="samples", help="Lunar sample records meet orbital data.")
 
@@ -357,12 +395,28 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
-def _parse_bbox(text: str) -> tuple[float, float, float, float]:
+def _parse_bbox(text: str) -> tuple[float, ...]:
     try:
-        west, south, east, north = (float(part) for part in text.split(","))
+        numbers = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise InvalidFilter(f"--bbox {text!r}: give four numbers west,south,east,north") from None
-    return west, south, east, north
+        numbers = ()
+    if len(numbers) not in (4, 6):
+        raise InvalidFilter(f"--bbox {text!r}: give four numbers west,south,east,north")
+    return numbers
+
+
+def _parse_list(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else ()
+
+
+def _parse_geojson(text: str) -> dict[str, Any]:
+    try:
+        geometry = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidFilter(f"--intersects is not JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(geometry, dict):
+        raise InvalidFilter("--intersects: give a GeoJSON geometry object")
+    return geometry
 
 
 def _check_lang(lang: str | None) -> Literal["cql2-text", "cql2-json"] | None:
@@ -384,13 +438,22 @@ def _parse_filter(text: str | None, lang: str | None) -> str | dict[str, Any] | 
     return parsed
 
 
-def _search_and_print(store_url: str, query: SearchQuery, *, as_json: bool) -> None:
+def _search_and_print(
+    store_url: str, query: SearchQuery, *, as_json: bool, max_items: int | None = None
+) -> None:
+    """Every page of the search (up to ``max_items``), as one table or one FeatureCollection."""
+    from lunarchive.catalog.search import release_items
     from lunarchive.flows._runtime import load_settings, store_for
 
-    with _one_line_errors():
-        version, items = search_release(store_for(load_settings(store_url=store_url)), query)
+    with (
+        _one_line_errors(),
+        release_items(store_for(load_settings(store_url=store_url))) as (version, path),
+    ):
+        items, more = _read_pages(path, query, max_items)
     if as_json:
-        collection = {"type": "FeatureCollection", "features": items}
+        collection: dict[str, Any] = {"type": "FeatureCollection", "features": items}
+        if more:
+            collection["next"] = more
         sys.stdout.write(json.dumps(collection, indent=2, default=str) + "\n")
         return
     table = Table(title=f"{len(items)} item(s) in release {version}", title_justify="left")
@@ -402,8 +465,29 @@ def _search_and_print(store_url: str, query: SearchQuery, *, as_json: bool) -> N
             f"{properties.get('start_datetime')} / {properties.get('end_datetime')}"
         )
         when = str(when).replace(".000000Z", "Z")
-        table.add_row(item["id"], item.get("collection", ""), when, properties.get("title"))
+        table.add_row(item.get("id"), item.get("collection", ""), when, properties.get("title"))
     out.print(table)
+    if more:
+        err.print(f"more items: add --token {more}", highlight=False, soft_wrap=True)
+
+
+def _read_pages(
+    path: Path, query: SearchQuery, max_items: int | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Items page by page until the last page or ``max_items``; the token where it stopped."""
+    from lunarchive.catalog.search import search_page
+
+    items: list[dict[str, Any]] = []
+    page_size = query.limit or 100
+    while True:
+        left = page_size if max_items is None else min(page_size, max_items - len(items))
+        if left <= 0:
+            return items, query.token
+        page = search_page(path, replace(query, limit=left))
+        items.extend(page.features)
+        if page.next is None:
+            return items, None
+        query = replace(query, token=page.next)
 
 
 def _print_run(result: dict[str, Any], store_url: str) -> None:

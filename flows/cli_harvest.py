@@ -1,8 +1,10 @@
 """``lunarchive harvest SOURCE`` and ``lunarchive status``: the harvest engine's commands.
 
 ``harvest`` runs the ``harvest-source`` flow on one registered source with a progress bar;
-``status`` prints each source's completeness (upstream, held, missing, quarantined, failed,
-withdrawn, flags) from the reports in the store. Mounted by ``flows/cli.py``.
+``status_command`` prints each source's completeness (upstream, held, missing, quarantined,
+failed, withdrawn, flags) from the reports in the store. ``lunarchive status`` itself is
+:mod:`lunarchive.flows.cli_status`, which shows these rows among the rest. Mounted by
+``flows/cli.py``.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ quarantined too (R8): one poisoned product never stops the others.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -51,7 +52,13 @@ from lunarchive.catalog.layout import safe_id
 from lunarchive.catalog.quarantine import quarantine
 from lunarchive.catalog.store import Store, check_key, json_bytes
 from lunarchive.flows.source_kinds import KindContext, ProductPlan, kind_for
-from lunarchive.flows.sources import Downloaded, Fetcher, HttpPolicy, describe_file
+from lunarchive.flows.sources import (
+    CredentialsRequired,
+    Downloaded,
+    Fetcher,
+    HttpPolicy,
+    describe_file,
+)
 from lunarchive.processing.products import read_product
 from lunarchive.schemas.errors import (
     ConfigurationError,
@@ -81,6 +88,7 @@ __all__ = [
     "raw_version_key",
     "read_report",
     "report_key",
+    "source_credentials",
     "state_key",
 ]
 
@@ -164,11 +172,33 @@ def load_registry(extra: Path | None = None) -> list[SourceSpec]:
 
 
 def load_source(name: str, extra: Path | None = None) -> SourceSpec:
-    for spec in load_registry(extra):
-        if spec.name == name:
-            return spec
-    known = ", ".join(spec.name for spec in load_registry(extra))
-    raise ConfigurationError(f"no source {name!r} in the registry (known: {known})")
+    """One source; only its own file is parsed, so a broken entry stops only its source."""
+    found = _registry_files(extra)
+    item = found.get(name)
+    if item is None:
+        known = ", ".join(sorted(found))
+        raise ConfigurationError(f"no source {name!r} in the registry (known: {known})")
+    return _parse_source(name, item.read_text("utf-8") if isinstance(item, Path) else item)
+
+
+def source_credentials(spec: SourceSpec) -> tuple[str, str] | None:
+    """The header the source's credentials setting holds (``Header-Name: value``), if set.
+
+    The registry names the setting, never the secret. Unset, the source is read anonymously
+    and stops in the "credentials required" state at the first login the archive asks for.
+    """
+    if spec.credentials_setting is None:
+        return None
+    value = os.environ.get(spec.credentials_setting, "").strip()
+    if not value:
+        return None
+    name, sep, secret = value.partition(":")
+    if not sep or not name.strip() or not secret.strip() or " " in name.strip():
+        raise ConfigurationError(
+            f"{spec.credentials_setting}: expected 'Header-Name: value' (e.g. 'Cookie: "
+            "SESSION=...'), for source " + spec.name
+        )
+    return name.strip(), secret.strip()
 
 
 # --- keys ------------------------------------------------------------------------------------
@@ -259,7 +289,9 @@ class HarvestRun:
         self.spec = spec
         self.store = store
         self.kind = kind_for(spec)
-        self.ctx = KindContext(spec, fetcher, base_url or spec.base_url)
+        # a partner inbox has no URL: its paths are keys of the store itself
+        base = base_url or spec.base_url or store.url.rstrip("/") + "/"
+        self.ctx = KindContext(spec, fetcher, base, store)
         self.staging = staging.expanduser() / safe_id(spec.name)
         self.verify_attempts = verify_attempts
         self.clock = clock
@@ -272,6 +304,7 @@ class HarvestRun:
         )
         self._started = self._saved
         self.tally = _Tally()
+        self._refused: str | None = None  # why the archive wants credentials, once it said so
 
     @classmethod
     def open(
@@ -291,8 +324,11 @@ class HarvestRun:
             attempts=settings.harvest_attempts,
             backoff_s=settings.harvest_backoff_s,
             max_backoff_s=settings.harvest_max_backoff_s,
-            per_host=settings.harvest_per_host,
+            per_host=min(settings.harvest_per_host, spec.max_per_host or settings.harvest_per_host),
+            min_interval_s=spec.min_interval_s,
             max_bytes=max_bytes,
+            credentials=source_credentials(spec),
+            needs_login=spec.credentials_setting is not None,
         )
         return cls(
             spec,
@@ -343,6 +379,7 @@ class HarvestRun:
             etag=listing.etag,
             last_modified=listing.last_modified,
             selection=self.ctx.selection,
+            checkpoint=listing.checkpoint,
             entries=entries,
         )
         update: dict[str, object] = {"inventory": inventory}
@@ -367,10 +404,10 @@ class HarvestRun:
         self._emit(str(len(tally.to_fetch)), "listed")
         return list(tally.to_fetch)
 
-    def _segment(self, entry: UpstreamEntry) -> str:
+    def _segment(self, entry: UpstreamEntry, version: str | None) -> str:
         """The version's folder: the version itself, or with a hash when already taken."""
         product = self.state.products.get(entry.product_id, ProductState())
-        segment = safe_id(entry.version) if entry.version else "unversioned"
+        segment = safe_id(version) if version else "unversioned"
         taken = {held.segment: held.fingerprint for held in product.versions}
         if segment in taken and taken[segment] != entry.fingerprint:
             segment = f"{segment}-{_short(entry.fingerprint)}"
@@ -380,15 +417,21 @@ class HarvestRun:
 
     def fetch(self, entry: UpstreamEntry) -> Outcome:
         """Fetch, verify and store one product; never raises for a bad product."""
-        segment = self._segment(entry)
+        segment = self._segment(entry, entry.version)
         folder = (
             self.staging / f"{product_key_id(entry.product_id)}-{_short(entry.fingerprint, 12)}"
         )
+        if self._refused is not None:
+            return self._failed(entry, "credentials-required", self._refused)
         for attempt in range(1, self.verify_attempts + 1):
             try:
                 plan = self.kind.describe(self.ctx, entry, folder)
                 staged = self._download(plan, folder)
-                self._verify(entry, plan, staged, folder)
+                version = self._verify(entry, plan, staged, folder)
+            except CredentialsRequired as exc:
+                # every other product of the source would answer the same: stop asking
+                self._refused = str(exc)
+                return self._failed(entry, "credentials-required", str(exc))
             except _Mismatch as exc:
                 if attempt == self.verify_attempts:
                     return self._quarantined(entry, segment, folder, ("verification", str(exc)))
@@ -401,7 +444,7 @@ class HarvestRun:
             except Exception as exc:  # noqa: BLE001 - R8: a crash poisons one product only
                 reason = f"{type(exc).__name__}: {exc}"
                 return self._quarantined(entry, segment, folder, ("crash", reason))
-            held = self._store(entry, segment, plan, staged)
+            held = self._store(entry, self._segment(entry, version), version, plan, staged)
             shutil.rmtree(folder, ignore_errors=True)
             return self._done(Outcome(entry, "fetched", held=held))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -419,9 +462,14 @@ class HarvestRun:
 
     def _verify(
         self, entry: UpstreamEntry, plan: ProductPlan, staged: dict[str, Downloaded], folder: Path
-    ) -> None:
+    ) -> str | None:
+        """Check every file against what is declared, read the product; return its version."""
         for file in plan.files:
             got = staged[file.name]
+            if file.sha256 and got.sha256 != file.sha256.lower():
+                raise _Mismatch(
+                    f"{file.url}: sha256 {got.sha256}, its manifest declares {file.sha256}"
+                )
             if file.md5 and got.md5 != file.md5.lower():
                 raise _Mismatch(f"{file.url}: md5 {got.md5}, its label declares {file.md5}")
             if file.size is not None and got.size != file.size:
@@ -430,6 +478,8 @@ class HarvestRun:
             record = read_product(folder / plan.label)
         except ProductRejected as exc:
             raise _Mismatch(str(exc)) from None
+        if not plan.check_identity:
+            return entry.version or record.version
         if record.product_id.lower() != entry.product_id.lower() or (
             entry.version is not None and record.version != entry.version
         ):
@@ -437,9 +487,15 @@ class HarvestRun:
                 f"{plan.label}: the label is {record.lidvid}, the inventory lists "
                 f"{entry.product_id} {entry.version or ''} (upstream is mid-update)"
             )
+        return entry.version
 
     def _store(
-        self, entry: UpstreamEntry, segment: str, plan: ProductPlan, staged: dict[str, Downloaded]
+        self,
+        entry: UpstreamEntry,
+        segment: str,
+        version: str | None,
+        plan: ProductPlan,
+        staged: dict[str, Downloaded],
     ) -> HeldVersion:
         # data files first, the label last: a product's label in raw/ means all its files are
         ordered = sorted(plan.files, key=lambda file: file.name == plan.label)
@@ -454,7 +510,7 @@ class HarvestRun:
                 HeldFile(name=file.name, key=key, size=got.size, sha256=got.sha256, md5=got.md5)
             )
         return HeldVersion(
-            version=entry.version,
+            version=version,
             segment=segment,
             fingerprint=entry.fingerprint,
             files=tuple(sorted(held, key=lambda f: f.name)),

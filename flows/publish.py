@@ -35,20 +35,23 @@ from lunarchive.catalog.samples_stac import (
     create_sample_item,
     programme_of,
     sample_queryables,
+    sample_time,
     specimen_families,
 )
 from lunarchive.catalog.stac import (
     QUERYABLES_REL,
     CubeDescription,
+    FileAsset,
     create_catalog,
     create_collection,
     create_cube_item,
     create_queryables,
 )
-from lunarchive.catalog.store import json_bytes
+from lunarchive.catalog.store import Store, json_bytes
 from lunarchive.catalog.validate import StacValidator
 from lunarchive.flows._runtime import load_settings, store_for
 from lunarchive.flows.samples import Table, read_table_version, table_partners
+from lunarchive.flows.serve import update_api
 from lunarchive.flows.settings import Settings
 from lunarchive.processing.at_site import (
     AtSite,
@@ -68,26 +71,42 @@ AT_SITE_RECIPE = "at-site-v1"
 
 
 def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
-    """One item per cube tile, from the record ``process`` left beside the cube."""
+    """One item per tile store, from the record ``process`` left beside it."""
     items = []
     for cube in cubes:
-        summary = cube["summary"]
+        proj = cube["proj"]
         description = CubeDescription(
-            shape=tuple(summary["shape"]),
-            transform=tuple(summary["transform"]),
-            proj_code=summary["proj_code"],
-            wkt2=summary["wkt2"],
-            projjson=summary["projjson"],
-            bbox=tuple(summary["bbox"]),
-            geometry=summary["geometry"],
-            variable=summary["variable"],
-            units="m",
-            dtype=summary["dtype"],
-            minimum=summary["height_min_m"],
-            maximum=summary["height_max_m"],
-            mean=summary["height_mean_m"],
-            nodata_fraction=summary["nodata_fraction"],
+            shape=tuple(proj["shape"]),
+            transform=tuple(proj["transform"]),
+            proj_code=proj["code"],
+            wkt2=proj["wkt2"],
+            projjson=proj["projjson"],
+            bbox=tuple(cube["bbox"]),
+            geometry=cube["geometry"],
+            variable=cube["variable"],
+            units=cube["units"],
+            dtype=cube["dtype"],
+            bands=cube["bands"],
+            dimensions=cube["dimensions"],
         )
+        files = {
+            "thumbnail": FileAsset(
+                href=ITEM_TO_ROOT + cube["quicklook"]["key"],
+                sha256=cube["quicklook"]["sha256"],
+                size=cube["quicklook"]["size"],
+                media_type="image/png",
+                title="Quicklook (hillshade)",
+                roles=("thumbnail",),
+            ),
+            "inventory": FileAsset(
+                href=ITEM_TO_ROOT + cube["inventory"]["key"],
+                sha256=cube["inventory"]["sha256"],
+                size=cube["inventory"]["size"],
+                media_type="application/json",
+                title="Every object of the tile store with its size and SHA-256",
+                roles=("metadata",),
+            ),
+        }
         items.append(
             create_cube_item(
                 f"{cube['collection']}-{cube['tile']}",
@@ -95,8 +114,17 @@ def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
                 cube_href=ITEM_TO_ROOT + cube["key"],
                 start=datetime.fromisoformat(cube["start"]),
                 end=datetime.fromisoformat(cube["end"]),
-                title=f"Heights above the lunar reference sphere, {cube['tile']} tile",
-                derived_from=[ITEM_TO_ROOT + key for key in cube["inputs"]],
+                title=f"Heights above the lunar reference sphere, tile {cube['tile']} of "
+                f"{cube['grid']}",
+                derived_from=[ITEM_TO_ROOT + key for key in cube["labels"]],
+                files=files,
+                properties={
+                    "lunarchive:grid": cube["grid"],
+                    "lunarchive:tile": cube["tile"],
+                    "lunarchive:resampling": cube["resampling"],
+                    "lunarchive:overlap_rule": cube["overlap_rule"],
+                    "lunarchive:inputs": cube["inputs"],
+                },
             )
         )
     return items
@@ -147,7 +175,8 @@ def add_sample_items(
     for family in specimen_families(table.specimens, table.analyses):
         root = family.root
         mission = known.get(root.mission)
-        if mission is None:  # no landing date to stand for the collection time
+        when = sample_time(root, None if mission is None else mission.landed)
+        if when is None:  # no landing date (nor a meteorite's find date) for the time
             catalog.uncatalogued.append(f"{table.partner}/{root.sample_id}")
             continue
         collection_id, title = programme_of(root.mission, table.partner)
@@ -161,7 +190,7 @@ def add_sample_items(
         item = create_sample_item(
             family,
             item_id=item_id,
-            collected=mission.landed,
+            collected=when,
             partner=table.partner,
             specimens=_table_asset(
                 objects["specimens.parquet"],
@@ -178,7 +207,7 @@ def add_sample_items(
             )
             if at_site and family_ids & located
             else None,
-            landing_site=(mission.lat_deg, mission.lon_deg),
+            landing_site=None if mission is None else (mission.lat_deg, mission.lon_deg),
         )
         group.items.append(item)
         group.partners.append(table.partner)
@@ -288,11 +317,13 @@ def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) ->
     if not cubes and not samples.items():  # everything was quarantined: keep the release
         current = read_current(store)
         version = current[0].version if current else None
-        return asdict(PublishResult(version, published=False, objects_written=0))
+        result = asdict(PublishResult(version, published=False, objects_written=0))
+        return result | {"api": serve_in_api(settings, store, version, None)}
     catalog, queryables = build_catalog(name, cubes, samples)
     draft = draft_release(catalog, [*shared_objects(processed), *samples.shared], queryables)
     validate_release(settings, draft)  # an invalid object stops here: nothing is written
     result = asdict(publish_release(store, draft))
+    result["api"] = serve_in_api(settings, store, result["version"], draft.files)
     collected = collect_releases(
         store, keep=settings.keep_releases, grace=timedelta(hours=settings.release_grace_hours)
     )
@@ -306,6 +337,26 @@ def publish_catalog(settings: Settings, name: str, processed: dict[str, Any]) ->
         "samples": len(samples.items()),
         "uncatalogued": samples.uncatalogued,
     }
+
+
+def serve_in_api(
+    settings: Settings, store: Store, version: str | None, files: Mapping[str, bytes] | None
+) -> dict[str, Any] | None:
+    """Load the current release into the STAC API's pgstac, when a database is set (after
+    the pointer flipped: a failed load leaves the release published and the API behind)."""
+    if settings.database_url is None or version is None:
+        return None
+    state = update_api(store, settings.database_url.get_secret_value(), version, files)
+    logger = get_run_logger()
+    if state.error is not None:
+        logger.error(
+            "release %s is published, but the STAC API is behind: it still serves %s (loading "
+            "pgstac failed: %s); the next publish or `lunarchive serve` loads it",
+            version, state.served or "an older release, if any", state.error,
+        )  # fmt: skip
+    elif state.loaded:
+        logger.info("the STAC API now serves release %s", version)
+    return asdict(state) | {"behind": state.behind}
 
 
 def validate_release(settings: Settings, draft: ReleaseDraft) -> None:

@@ -77,6 +77,42 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None, description="PostgreSQL for the STAC API (tests: made by infra/)."
     )
+    coverage_global_grid: str | None = Field(
+        default=None,
+        pattern=r"^moon-(eqc|eqc180)-[0-9]+$",
+        description="The equirectangular grid whose tiles a run report's global coverage "
+        "picture draws; unset: the collection's own grid (else moon-eqc-128).",
+    )
+    coverage_north_grid: str | None = Field(
+        default=None,
+        pattern=r"^moon-np-[0-9]+(\.[0-9]+)?$",
+        description="The north polar grid of the north cap's coverage picture; unset: the "
+        "one on the collection grid's rung of the ladder (else moon-np-237).",
+    )
+    coverage_south_grid: str | None = Field(
+        default=None,
+        pattern=r"^moon-sp-[0-9]+(\.[0-9]+)?$",
+        description="The south polar grid of the south cap's coverage picture; unset: as "
+        "for the north cap (else moon-sp-237).",
+    )
+    watchdog_sources: list[str] = Field(
+        default_factory=list,
+        description="Registered sources the watchdog expects even before their first harvest "
+        "(JSON list); every source with a completeness report is watched anyway.",
+    )
+    watchdog_failed_runs: int = Field(
+        default=3,
+        ge=1,
+        description="A source whose last this-many harvest-source runs all failed is flagged.",
+    )
+    watchdog_inbox_cadence_days: float = Field(
+        default=30.0,
+        gt=0,
+        description="A partner inbox with no new drop for longer than this is flagged.",
+    )
+    watchdog_release_max_age_days: float = Field(
+        default=7.0, gt=0, description="A current release older than this is flagged."
+    )
 
 
 def shared_dir(settings: Settings) -> Path:

@@ -9,6 +9,12 @@ followed by hand so that each hop is checked too.
 lunarchive, a per-host limit on concurrent requests, timeouts, and retries with exponential
 backoff on transient errors only (R5: 5xx, 429, dropped connections; never a 404). Downloads
 go to a local staging file and resume with an HTTP ``Range`` request after an interruption.
+
+Archives that need registration (China's CLPDS) answer 401 or redirect to a login page: that
+is :class:`CredentialsRequired`, never retried, so that the harvest stops in a "credentials
+or manual approval required" state instead of hammering the portal. Credentials come from the
+setting the registry names (``Header-Name: value``) and are sent to the source's own host
+only, never across a redirect to another host.
 """
 
 from __future__ import annotations
@@ -29,9 +35,15 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import httpx
 
-from lunarchive.schemas.errors import ProductRejected, SourceRefused, TransientError
+from lunarchive.schemas.errors import (
+    LunarchiveError,
+    ProductRejected,
+    SourceRefused,
+    TransientError,
+)
 
 __all__ = [
+    "CredentialsRequired",
     "Downloaded",
     "Fetcher",
     "HttpPolicy",
@@ -95,6 +107,15 @@ def check_source_url(url: str, *, allow_local: bool) -> None:
             )
 
 
+class CredentialsRequired(LunarchiveError, PermissionError):
+    """The archive wants a login or a manual approval: a human must act, retrying won't help."""
+
+
+def _is_login(location: str) -> bool:
+    path = urlparse(location).path.lower()
+    return any(part in ("login", "login.do", "signin", "sso") for part in path.split("/"))
+
+
 class _Throttled(TransientError):
     """429 or 503 with a ``Retry-After`` the backoff honours."""
 
@@ -115,9 +136,17 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _raise_for_status(url: str, response: httpx.Response, ok: tuple[int, ...] = ()) -> None:
+def _raise_for_status(
+    url: str, response: httpx.Response, ok: tuple[int, ...] = (), *, login: bool = False
+) -> None:
     if response.status_code in ok:
         return
+    if login and response.status_code in (401, 403):
+        response.close()
+        raise CredentialsRequired(
+            f"{url}: HTTP {response.status_code}: the archive needs registration or a manual "
+            "approval (set the source's credentials setting; see its registry notes)"
+        )
     if response.status_code >= 500 or response.status_code == 429:
         response.close()
         raise _Throttled(f"{url}: HTTP {response.status_code}", _retry_after(response))
@@ -138,37 +167,73 @@ def _get(
     allow_local: bool,
     headers: dict[str, str] | None = None,
     ok: tuple[int, ...] = (),
+    credentials: tuple[str, str] | None = None,
+    login: bool = False,
 ) -> httpx.Response:
-    """GET with every redirect hop checked; the caller closes the streamed response."""
+    """GET with every redirect hop checked; the caller closes the streamed response.
+
+    ``credentials`` (a header) go to the first host only. A redirect to a login page, or a
+    401/403 from a source that needs a login (``login``), raises :class:`CredentialsRequired`.
+    """
+    origin = urlparse(url).netloc.lower()
     for _ in range(_MAX_REDIRECTS + 1):
         check_source_url(url, allow_local=allow_local)
+        sent = dict(headers or {})
+        if credentials is not None and urlparse(url).netloc.lower() == origin:
+            sent[credentials[0]] = credentials[1]
         try:
-            response = client.send(client.build_request("GET", url, headers=headers), stream=True)
+            response = client.send(client.build_request("GET", url, headers=sent), stream=True)
         except httpx.TransportError as exc:
             raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
         location = response.headers.get("location")
         if response.status_code not in _REDIRECTS or not location:
-            _raise_for_status(url, response, ok)
+            _raise_for_status(url, response, ok, login=login or credentials is not None)
             return response
         response.close()
+        if _is_login(location):
+            raise CredentialsRequired(
+                f"{url}: redirected to a login page ({urljoin(url, location)}): the archive "
+                "needs registration or a manual approval"
+            )
         url = urljoin(url, location)
     raise SourceRefused(f"{url}: more than {_MAX_REDIRECTS} redirects")
 
 
 class _Links(HTMLParser):
+    """The hrefs of a listing, each with the text that follows its link (date, size)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.hrefs: list[str] = []
+        self.details: list[list[str]] = []
+        self._inside = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "a":
-            self.hrefs.extend(value for name, value in attrs if name == "href" and value)
+            href = next((value for name, value in attrs if name == "href" and value), None)
+            if href is not None:
+                self.hrefs.append(href)
+                self.details.append([])
+            self._inside = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._inside = False
+
+    def handle_data(self, data: str) -> None:
+        if not self._inside and self.details:
+            self.details[-1].append(data)
+
+
+def _parsed(body: bytes) -> _Links:
+    parser = _Links()
+    parser.feed(body.decode("utf-8", errors="replace"))
+    parser.close()
+    return parser
 
 
 def _hrefs(body: bytes) -> list[str]:
-    parser = _Links()
-    parser.feed(body.decode("utf-8", errors="replace"))
-    return parser.hrefs
+    return _parsed(body).hrefs
 
 
 def _listing(client: httpx.Client, url: str, *, allow_local: bool) -> list[str]:
@@ -248,6 +313,9 @@ class HttpPolicy:
     max_backoff_s: float = 60.0
     per_host: int = 2  # concurrent requests per host
     max_bytes: int = 2 * 1024**3  # per file
+    credentials: tuple[str, str] | None = None  # a header for the source's own host
+    min_interval_s: float = 0.0  # between the starts of two requests to one host
+    needs_login: bool = False  # a 401/403 means "a human must register", not "try later"
 
 
 @dataclass(frozen=True)
@@ -273,9 +341,17 @@ class Fetched:
 class Fetcher:
     """A thread-safe HTTP client for one harvest run."""
 
-    def __init__(self, policy: HttpPolicy, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        policy: HttpPolicy,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
         self._sleep = sleep
+        self._clock = clock
+        self._next: dict[str, float] = {}  # host → earliest start of its next request
         self._client = httpx.Client(
             timeout=httpx.Timeout(policy.timeout_s),
             follow_redirects=False,
@@ -299,7 +375,19 @@ class Fetcher:
         with self._lock:
             gate = self._hosts.setdefault(host, threading.BoundedSemaphore(self.policy.per_host))
         with gate:
+            self._space(host)
             yield
+
+    def _space(self, host: str) -> None:
+        """Wait until ``min_interval_s`` has passed since the last request to ``host`` began."""
+        if self.policy.min_interval_s <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._next.get(host, now))
+            self._next[host] = start + self.policy.min_interval_s
+        if start > now:
+            self._sleep(start - now)
 
     def _retrying[T](self, what: Callable[[], T]) -> T:
         """``what()``, tried again after a transient error, with exponential backoff."""
@@ -322,9 +410,10 @@ class Fetcher:
         limit: int = 64 * 1024 * 1024,
         etag: str | None = None,
         last_modified: str | None = None,
+        accept: str | None = None,
     ) -> Fetched:
         """A whole small document; ``body`` is None when the validators say it is unchanged."""
-        headers = {}
+        headers = {"Accept": accept} if accept else {}
         if etag:
             headers["If-None-Match"] = etag
         if last_modified:
@@ -338,6 +427,8 @@ class Fetcher:
                     allow_local=self.policy.allow_local,
                     headers=headers,
                     ok=(304,),
+                    credentials=self.policy.credentials,
+                    login=self.policy.needs_login,
                 )
                 with closing(response):
                     validators = (
@@ -366,6 +457,32 @@ class Fetcher:
                 found.extend(self.list_directory(target, depth=depth - 1))
         return sorted(found)
 
+    def subdirectories(self, url: str) -> list[str]:
+        """The folders a directory listing links to (below it), sorted."""
+        base = url if url.endswith("/") else url + "/"
+        body = self.read(base, limit=_MAX_LISTING_BYTES).body or b""
+        return sorted({t for t in _children(base, _hrefs(body)) if t.endswith("/")})
+
+    def list_entries(self, url: str, *, depth: int) -> list[tuple[str, str]]:
+        """Every file below a listing as (URL, the listing's text beside it), sorted by URL.
+
+        The text (date and size in Apache-style listings) is kept whole rather than parsed:
+        it changes when the file does, which is all a fingerprint needs.
+        """
+        base = url if url.endswith("/") else url + "/"
+        parsed = _parsed(self.read(base, limit=_MAX_LISTING_BYTES).body or b"")
+        detail = {
+            urljoin(base, href): " ".join("".join(parts).split())
+            for href, parts in zip(parsed.hrefs, parsed.details, strict=True)
+        }
+        found: list[tuple[str, str]] = []
+        for target in _children(base, parsed.hrefs):
+            if not target.endswith("/"):
+                found.append((target, detail.get(target, "")))
+            elif depth > 0:
+                found.extend(self.list_entries(target, depth=depth - 1))
+        return sorted(found)
+
     def download(self, url: str, part: Path) -> Downloaded:
         """``url`` into ``part``, resuming what a previous attempt left there (HTTP Range)."""
         resumed = False
@@ -383,7 +500,13 @@ class Fetcher:
         headers = {"Range": f"bytes={have}-"} if have else {}
         with self._slot(url):
             response = _get(
-                self._client, url, allow_local=self.policy.allow_local, headers=headers, ok=(416,)
+                self._client,
+                url,
+                allow_local=self.policy.allow_local,
+                headers=headers,
+                ok=(416,),
+                credentials=self.policy.credentials,
+                login=self.policy.needs_login,
             )
             with closing(response):
                 if response.status_code == 416:

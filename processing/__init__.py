@@ -7,8 +7,8 @@ Modules: ``products`` (one entry point: any product → its ``ProductRecord``), 
 their tilings), ``tiles`` / ``warp`` (per-tile cubes on Dask, overlap rules, provenance),
 ``pyramid`` (Zarr tiles with overviews and ``multiscales``), ``stats``, ``quicklook``,
 ``samples`` (sample tables: validation, units, GeoParquet), ``readers`` (DEM products to lazy
-xarray, specimen CSV to records), ``mosaic`` (tiles onto one lunar grid with dask), ``cube``
-(Zarr v3 cubes: build, write, summarise), ``demo_archive`` (the demo's synthetic archive).
+xarray, specimen CSV to records), ``cube`` (a lunar raster as a one-variable cube with its
+CRS), ``at_site`` (tile values at sample sites), ``demo_archive`` (the demo's synthetic archive).
 """
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "grids",
     "isis3",
     "labels",
-    "mosaic",
     "pds3",
     "pds4",
     "products",

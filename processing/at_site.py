@@ -1,10 +1,12 @@
 """Samples meet orbit: what a published cube shows at a specimen's collection site.
 
-For every 2-D variable of a cube tile that covers the site: the value of the pixel that
-contains the site, and the mean, standard deviation, minimum, maximum and count of the valid
-pixels whose centres lie within the position-uncertainty disc (measured on the lunar sphere,
-so equirectangular and polar grids are treated alike). The containing pixel always counts as
-inside the disc, so a site with no stated uncertainty gets that one pixel.
+Cubes are tiles of a lunar grid (one store per tile): :func:`sample_cube` on each tile takes
+the sites inside it and leaves the others, so each site is sampled in the one tile whose pixel
+holds it (tiles do not overlap). For every 2-D variable of that tile: the value of the pixel
+that contains the site, and the mean, standard deviation, minimum, maximum and count of the
+valid pixels whose centres lie within the position-uncertainty disc (measured on the lunar
+sphere, so equirectangular and polar grids are treated alike). The containing pixel always
+counts as inside the disc, so a site with no stated uncertainty gets that one pixel.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import xarray as xr
 from zarr.abc.store import Store
 
 from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar, moon_geographic
+from lunarchive.processing.pyramid import open_tile
 from lunarchive.schemas.errors import ProductRejected
 
 __all__ = [
@@ -75,9 +78,9 @@ class AtSite:
 
 
 def open_cube(zarr_store: Store) -> xr.Dataset:
-    """A cube as written by :func:`lunarchive.processing.cube.write_cube`, with its CRS."""
-    cube: xr.Dataset = xr.open_zarr(zarr_store, decode_coords="all", consolidated=False)
-    return cube
+    """One tile store (:func:`lunarchive.processing.pyramid.write_tile`) at full resolution,
+    with its CRS, after refusing chunks that would decode past the limits (R12)."""
+    return open_tile(zarr_store)
 
 
 def sample_cube(

@@ -1,4 +1,4 @@
-"""Readers: lunar raster products to lazy xarray, specimen CSV to typed records.
+"""Readers: lunar raster products to lazy xarray.
 
 Every rejection is a :class:`ProductRejected` whose message names the file (or source), the
 field and the rule broken, so that the flow can quarantine the input and go on.
@@ -6,12 +6,10 @@ field and the rule broken, so that the flow can quarantine the input and go on.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import pyproj
@@ -23,16 +21,7 @@ from rasterio.windows import Window  # type: ignore[import-untyped]
 from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
 from lunarchive.schemas.errors import ProductRejected
 
-__all__ = ["open_dem", "read_specimens"]
-
-_NUMERIC_COLUMNS: Final = {
-    # column: (lowest, highest) accepted; longitudes may come as 0..360 and are normalised.
-    "lat_deg": (-90.0, 90.0),
-    "lon_deg": (-180.0, 360.0),
-    "location_uncertainty_m": (0.0, math.inf),
-    "mass_g": (0.0, math.inf),
-    "pristinity_pct": (0.0, 100.0),
-}
+__all__ = ["open_dem"]
 
 
 @dataclass(frozen=True)
@@ -115,61 +104,3 @@ def _height_attrs(facts: _RasterFacts, *, radius_offset: bool) -> dict[str, Any]
             "its offset equals the reference radius and was removed to give height"
         )
     return attrs
-
-
-def read_specimens(data: bytes, *, source: str) -> list[dict[str, Any]]:
-    """Parse a specimen CSV (UTF-8, header row) into records with typed values.
-
-    Empty cells become None; ``lat_deg``, ``lon_deg``, ``location_uncertainty_m``,
-    ``mass_g`` and ``pristinity_pct`` become floats, checked against their ranges; longitudes
-    given as 0..360 are normalised to −180..180. Rows are numbered as in a spreadsheet (the
-    header is row 1). A row without ``sample_id``, a repeated ``sample_id``, or a bad number
-    raises :class:`ProductRejected` naming ``source``, the row and the column.
-    """
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ProductRejected(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if "sample_id" not in (reader.fieldnames or []):
-        raise ProductRejected(f"{source}, row 1: no 'sample_id' column (rule: it is required)")
-    records: list[dict[str, Any]] = []
-    seen: dict[str, int] = {}
-    for row_number, row in enumerate(reader, start=2):
-        record = _specimen_record(row, where=f"{source}, row {row_number}")
-        first = seen.setdefault(record["sample_id"], row_number)
-        if first != row_number:
-            raise ProductRejected(
-                f"{source}, row {row_number}, column 'sample_id': {record['sample_id']!r} "
-                f"repeats row {first} (rule: sample_id is unique)"
-            )
-        records.append(record)
-    return records
-
-
-def _specimen_record(row: dict[str | Any, str | Any], *, where: str) -> dict[str, Any]:
-    if None in row:
-        raise ProductRejected(f"{where}: more cells than header columns")
-    record: dict[str, Any] = {key: _cell(value) for key, value in row.items()}
-    if record["sample_id"] is None:
-        raise ProductRejected(f"{where}, column 'sample_id': empty (rule: it is required)")
-    for column, (low, high) in _NUMERIC_COLUMNS.items():
-        if record.get(column) is not None:
-            record[column] = _number(record[column], low, high, where=f"{where}, column {column!r}")
-    if record.get("lon_deg") is not None and record["lon_deg"] > 180.0:
-        record["lon_deg"] -= 360.0
-    return record
-
-
-def _cell(value: str | None) -> str | None:
-    return (value.strip() or None) if value else None
-
-
-def _number(text: str, low: float, high: float, *, where: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ProductRejected(f"{where}: {text!r} is not a number") from None
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ProductRejected(f"{where}: {value} is outside {low:g}..{high:g}")
-    return value

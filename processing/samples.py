@@ -10,7 +10,13 @@ raises :class:`ProductRejected`: quarantine the file.
 
 Analyses are normalised to their analyte's canonical unit (oxides wt%, traces ppm or ppb, ages
 Ma) with exact decimal arithmetic; the partner's value and unit are kept beside. Longitudes
-given as 0..360 become −180..180.
+given as 0..360 become −180..180. The oxides of one complete analysis must add up to about
+100 wt% (:func:`check_oxide_totals`: a warning outside the window, a refusal beyond 105 wt%).
+
+The drop-level logic is here too, as pure functions the flow wires to the store: a whole
+drop validated (:func:`validate_drop`), rows merged into a table with the later drop's row
+winning (:func:`merge_rows`), the report and its spreadsheet (:func:`drop_report`,
+:func:`report_csv`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -52,6 +59,7 @@ from lunarchive.schemas.samples import (
     MissionName,
     RimCore,
     RowError,
+    RowWarning,
     SampleLevel,
     Specimen,
     SpecimenMaterial,
@@ -74,13 +82,27 @@ from lunarchive.schemas.vocabularies import (
 __all__ = [
     "ANALYSIS_COLUMNS",
     "MAX_TABLE_BYTES",
+    "MICROBEAM_TECHNIQUES",
+    "OXIDE_TOTAL_BULK",
+    "OXIDE_TOTAL_IMPOSSIBLE",
+    "OXIDE_TOTAL_MICROBEAM",
+    "REPORT_COLUMNS",
     "SPECIMEN_COLUMNS",
+    "OxideTotal",
     "SourceRow",
+    "ValidatedDrop",
     "analyses_from_parquet",
     "analyses_parquet_bytes",
     "analyses_to_parquet",
     "check_drop_files",
+    "check_oxide_totals",
+    "drop_ranks",
+    "drop_report",
+    "merge_drop_entries",
+    "merge_rows",
     "normalise_value",
+    "oxide_totals",
+    "quarantine_document",
     "read_csv_rows",
     "read_drop_manifest",
     "read_json_rows",
@@ -89,10 +111,13 @@ __all__ = [
     "read_xls_rows",
     "read_xlsx_rows",
     "rejected_rows",
+    "report_csv",
     "specimens_from_geoparquet",
     "specimens_geoparquet_bytes",
     "specimens_to_geoparquet",
+    "table_files",
     "validate_analyses",
+    "validate_drop",
     "validate_specimens",
 ]
 
@@ -559,6 +584,15 @@ def _date(text: str) -> date:
         ) from None
 
 
+def _year(text: str) -> int:
+    if not re.fullmatch(r"\d{4}", text) or not 1800 <= int(text) <= date.today().year:
+        raise _Bad(
+            "year_format",
+            f"{text!r} is not a year we can accept (four digits, 1800 to {date.today().year})",
+        )
+    return int(text)
+
+
 def _plain_text(text: str) -> str:
     if len(text) > 4000:
         raise _Bad("text_length", f"{len(text)} characters, more than the 4000 a cell may hold")
@@ -676,6 +710,8 @@ SPECIMEN_FIELDS: Final = (
     _Field("description", ("description",), _plain_text),
     _Field("comment", ("comment", "comments", "remarks"), _plain_text),
     _Field("references", ("references", "reference"), _references),
+    _Field("found_year", ("found_year", "find_year", "year_found"), _year),
+    _Field("found_date", ("found_date", "find_date", "recovered_date"), _date),
 )
 
 
@@ -964,7 +1000,7 @@ def validate_specimens(
 _SPECIMEN_COPIED: Final = (
     "station", "landmark", "return_container", "material", "classification",
     "classification_scheme", "mass_g", "mass_kind", "pristinity_pct", "pristinity_date",
-    "description", "comment", "curator",
+    "description", "comment", "curator", "found_year", "found_date",
 )  # fmt: skip
 
 
@@ -995,6 +1031,7 @@ def _specimen(reader: _RowReader, drop: str) -> Specimen | None:
             f"sample {sample_id} is not numbered as a {v['mission']} sample "
             "(only lunar meteorites have names)",
         )
+    _found(reader, sample_id)
     natural_parent = parent_of_sample_id(sample_id)
     parent = v.get("parent_id", natural_parent if "parent_id" not in reader.raw else None)
     if parent is not None and not (
@@ -1037,6 +1074,34 @@ def _specimen(reader: _RowReader, drop: str) -> Specimen | None:
     except ValidationError as exc:
         reader.contract_errors(exc)
         return None
+
+
+def _found(reader: _RowReader, sample_id: str) -> None:
+    """A lunar meteorite says when it was found (the catalogue's time for it, as the landing
+    is for a mission's samples); a mission's sample has no find date."""
+    v = reader.values
+    given = [name for name in ("found_year", "found_date") if name in reader.raw]
+    if v.get("mission") == "Lunar meteorite":
+        if not given:
+            reader.fail_field(
+                "found_year",
+                "found_required",
+                f"empty, but lunar meteorite {sample_id} needs the year it was found "
+                "(found_year, e.g. 1982) or the day (found_date, e.g. 1982-01-18)",
+            )
+        elif "found_year" in v and "found_date" in v and v["found_date"].year != v["found_year"]:
+            reader.fail_field(
+                "found_date",
+                "found_consistent",
+                f"{v['found_date']} is not in the year {v['found_year']} given in found_year",
+            )
+    elif given and "mission" in v:
+        reader.fail_field(
+            given[0],
+            "found_consistent",
+            f"a find year or date is for lunar meteorites; {sample_id} was collected by "
+            f"{v['mission']}",
+        )
 
 
 def _pair(reader: _RowReader, first: str, second: str, what: str) -> tuple[float, float] | None:
@@ -1303,7 +1368,8 @@ SPECIMEN_SCHEMA: Final = pa.schema([
     ("material", _STR), ("classification", _STR), ("classification_scheme", _STR),
     ("mass_g", _F64), ("mass_kind", _STR), ("depth_top_cm", _F64), ("depth_bottom_cm", _F64),
     ("pristinity_pct", _F64), ("pristinity_date", pa.date32()), ("description", _STR),
-    ("comment", _STR), ("references", pa.list_(_STR)), ("source_drop", _STR),
+    ("comment", _STR), ("references", pa.list_(_STR)), ("found_year", pa.int64()),
+    ("found_date", pa.date32()), ("source_drop", _STR),
     ("source_file", _STR), ("source_sheet", _STR), ("source_row", pa.int64()),
     ("geometry", pa.binary()),
 ])  # fmt: skip
@@ -1492,3 +1558,413 @@ def check_drop_files(manifest: DropManifest, contents: Mapping[str, bytes]) -> N
 
 
 _DROP_SIDE_FILES: Final = frozenset({"manifest.json", "report.json", "report.csv"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Oxide totals: a check across the rows of one analysis
+#
+# The major-element oxides of one complete analysis add up to about 100 wt%. The windows
+# follow common practice: for electron-microprobe (and other microbeam) analyses, totals of
+# about 98.5-101.5 wt% are the usual acceptance filter in mineral chemistry; we widen the low
+# end to 97 wt% because partners often leave out minor oxides (Cr2O3, P2O5, NiO) that a lunar
+# phase may hold. For bulk analyses (XRF, ICP, wet chemistry, and sets mixing techniques) the
+# project's data notes (LUNAR-DATA.md §3.2) give 95-102 wt% for a complete analysis. A total
+# beyond 105 wt% is no analytical error: more than the whole sample cannot be there, so a value
+# is in the wrong unit or mistyped.
+#
+# Outside the window the rows are kept and the report warns: a low total can be real (an
+# unanalysed component, a porous or altered grain) and each value passed its own checks, so
+# refusing published values would lose data. Beyond 105 wt% the set is rejected: kept, it
+# would corrupt the composition researchers search on (TiO2 > 6 wt%).
+
+OXIDE_TOTAL_MICROBEAM: Final = (97.0, 101.5)
+OXIDE_TOTAL_BULK: Final = (95.0, 102.0)
+OXIDE_TOTAL_IMPOSSIBLE: Final = 105.0
+MICROBEAM_TECHNIQUES: Final = frozenset({"EPMA", "SEM-EDS", "TEM-EELS"})
+# Without SiO2 (INAA measures no Si) or with fewer than five oxides, a set is a partial
+# analysis (the MoonDB anorthosites: INAA FeO, CaO, Na2O ...), and its sum says nothing.
+_OXIDES_FOR_A_TOTAL: Final = 5
+
+
+@dataclass(frozen=True)
+class OxideTotal:
+    """The major-oxide sum of one analysis: the rows it read and the window it must meet."""
+
+    analyses: tuple[Analysis, ...]
+    total: float
+    window: tuple[float, float]
+    technique: str
+
+    @property
+    def outside(self) -> bool:
+        return not self.window[0] <= self.total <= self.window[1]
+
+    @property
+    def impossible(self) -> bool:
+        return self.total > OXIDE_TOTAL_IMPOSSIBLE
+
+    def describe(self) -> str:
+        first = self.analyses[0]
+        rows = _row_list(a.source.row for a in self.analyses)
+        cited = first.citation
+        table = (
+            ", ".join(
+                part
+                for part in (
+                    cited and cited.table_in_ref and f"table {cited.table_in_ref}",
+                    cited and (cited.doi or cited.citation_id),
+                    first.dataset,
+                )
+                if part
+            )
+            or "no citation"
+        )
+        low, high = self.window
+        parts = " + ".join(
+            f"{a.analyte} {_plain_number(a.value if a.detection == 'detected' else 0.0)}"
+            for a in self.analyses
+        )
+        return (
+            f"{rows}: the major oxides of sample {first.sample_id} "
+            f"({first.material_analyzed or 'material not given'}, {table}) add up to "
+            f"{self.total:.2f} wt% ({parts}); a complete {self.technique} analysis adds up to "
+            f"{low:g}-{high:g} wt%"
+        )
+
+
+def _row_list(numbers: Iterable[int]) -> str:
+    distinct = sorted(set(numbers))
+    return ("row " if len(distinct) == 1 else "rows ") + ", ".join(map(str, distinct))
+
+
+def _plain_number(value: float) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def oxide_totals(analyses: Iterable[Analysis]) -> list[OxideTotal]:
+    """The oxide total of every complete major-element analysis among ``analyses``.
+
+    One analysis is the oxides of one sample in one file and sheet, one dataset and citation
+    table, one material, mineral, grain and spot. Below-detection values count as 0. Total
+    iron is counted once: FeO + Fe2O3 when either is given, else FeO_T. A set holding an
+    oxide twice is several analyses we cannot tell apart: it is not summed.
+    """
+    groups: dict[tuple[Any, ...], list[Analysis]] = {}
+    known = analytes()
+    for analysis in analyses:
+        if known[analysis.analyte].kind != "oxide" or analysis.detection == "not_analyzed":
+            continue
+        cited = analysis.citation
+        key = (
+            analysis.source.file, analysis.source.sheet, analysis.sample_id, analysis.dataset,
+            cited and cited.citation_id, cited and cited.doi, cited and cited.table_in_ref,
+            analysis.material_analyzed, analysis.mineral, analysis.grain, analysis.spot_id,
+            analysis.rim_core,
+        )  # fmt: skip
+        groups.setdefault(key, []).append(analysis)
+    totals = []
+    for members in groups.values():
+        by_oxide = {a.analyte: a for a in members}
+        if len(by_oxide) != len(members) or "SiO2" not in by_oxide:
+            continue
+        if len(by_oxide) < _OXIDES_FOR_A_TOTAL:
+            continue
+        if "FeO" in by_oxide or "Fe2O3" in by_oxide:
+            by_oxide.pop("FeO_T", None)
+        counted = sorted(by_oxide.values(), key=lambda a: (a.source.row, a.analyte))
+        total = math.fsum(a.value for a in counted if a.detection == "detected")
+        techniques = {a.technique for a in counted}
+        microbeam = techniques <= MICROBEAM_TECHNIQUES
+        technique = "/".join(sorted(techniques)) if microbeam else "bulk"
+        window = OXIDE_TOTAL_MICROBEAM if microbeam else OXIDE_TOTAL_BULK
+        totals.append(OxideTotal(tuple(counted), round(total, 6), window, technique))
+    return totals
+
+
+def check_oxide_totals(
+    analyses: Sequence[Analysis], rows: Sequence[SourceRow] = ()
+) -> tuple[list[Analysis], list[RowError], list[RowWarning]]:
+    """Apply the oxide-total rule: the analyses kept, the errors of the sets refused (total
+    beyond 105 wt%: every row of the set), and a warning per set outside its window.
+
+    ``rows`` (the source rows the analyses came from) name each error's column as the file
+    does (a MoonDB sheet holds an analyte per column).
+    """
+    refused: set[str] = set()
+    errors: list[RowError] = []
+    warnings_: list[RowWarning] = []
+    for found in oxide_totals(analyses):
+        if found.impossible:
+            says = (
+                f"{found.describe()}; more than {OXIDE_TOTAL_IMPOSSIBLE:g} wt% cannot be: "
+                "a value is in the wrong unit or mistyped, so the analysis is refused"
+            )
+            for analysis in found.analyses:
+                refused.add(analysis.analysis_id)
+                column = _value_label(analysis, rows)
+                unit = "record" if analysis.source.file.lower().endswith(".json") else "row"
+                errors.append(
+                    RowError(
+                        file=analysis.source.file,
+                        sheet=analysis.source.sheet,
+                        row=analysis.source.row,
+                        column=column,
+                        value=analysis.value_text,
+                        rule="oxide_total",
+                        message=f"{unit} {analysis.source.row}, column {column}: {says}",
+                    )
+                )
+        elif found.outside:
+            first = found.analyses[0]
+            warnings_.append(
+                RowWarning(
+                    file=first.source.file,
+                    sheet=first.source.sheet,
+                    rows=tuple(sorted({a.source.row for a in found.analyses})),
+                    column=", ".join(a.analyte for a in found.analyses),
+                    value=f"{found.total:.2f} wt%",
+                    rule="oxide_total",
+                    message=(
+                        f"{found.describe()}. The rows are kept; check for a missing oxide, a "
+                        "value in the wrong unit or a typing error, and send a correction if "
+                        "one is wrong"
+                    ),
+                )
+            )
+    return [a for a in analyses if a.analysis_id not in refused], errors, warnings_
+
+
+def _value_label(analysis: Analysis, rows: Sequence[SourceRow]) -> str:
+    for row in rows:
+        if (row.file, row.sheet, row.row) == (
+            analysis.source.file, analysis.source.sheet, analysis.source.row,
+        ) and analyte_aliases().get(row.cells.get("analyte", ""), row.cells.get("analyte")) == (
+            analysis.analyte
+        ):  # fmt: skip
+            return row.label("value")
+    return f"value ({analysis.analyte})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Drops: every file of a drop validated, its rows merged into a table, its report
+
+
+@dataclass
+class ValidatedDrop:
+    """What a drop's files gave: valid records, each rejected row and why, per-file counts."""
+
+    specimens: list[Specimen] = field(default_factory=list)
+    analyses: list[Analysis] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    warnings: list[RowWarning] = field(default_factory=list)
+    rejected_rows: list[SourceRow] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+
+def validate_drop(
+    manifest: DropManifest, contents: Mapping[str, bytes], drop_id: str, known: Iterable[str]
+) -> ValidatedDrop:
+    """Every file of the drop, specimens first (an analysis must name a specimen of the drop
+    or of ``known``), then the oxide totals of the analyses. A file that cannot be read as a
+    table is refused whole and named in ``files``."""
+    out = ValidatedDrop()
+    known_ids = set(known)
+    rows_read: list[SourceRow] = []
+    for entry in sorted(manifest.files, key=lambda f: (f.kind != "specimens", f.path)):
+        data = contents[entry.path]
+        try:
+            if entry.kind == "moondb_submission":
+                rows = read_moondb_submission(data, file=entry.path)
+            else:
+                rows = read_table(data, file=entry.path, sheet=entry.sheet)
+            if entry.kind == "specimens":
+                specimens, errors = validate_specimens(rows, source=drop_id)
+                out.specimens += specimens
+                known_ids |= {s.sample_id for s in specimens}
+                valid = len(specimens)
+            else:
+                analyses, errors = validate_analyses(
+                    rows, source=drop_id, dataset=manifest.dataset, known_samples=known_ids
+                )
+                out.analyses += analyses
+                valid = len(analyses)
+        except ProductRejected as exc:  # the whole file is unreadable: say so, keep it
+            out.files.append(
+                {"path": entry.path, "kind": entry.kind, "status": "rejected", "reason": str(exc)}
+                | {"rows": None, "valid": 0, "rejected": None}
+            )
+            continue
+        rows_read += rows
+        out.errors += errors
+        out.files.append(
+            {"path": entry.path, "kind": entry.kind, "status": "read", "rows": len(rows)}
+            | {"valid": valid, "rejected": len(rows) - valid}
+        )
+    kept, refused, out.warnings = check_oxide_totals(out.analyses, rows_read)
+    if refused:
+        staying = {a.analysis_id for a in kept}
+        gone = [a for a in out.analyses if a.analysis_id not in staying]
+        out.analyses = kept
+        out.errors += refused
+        for file in out.files:
+            lost = sum(1 for a in gone if a.source.file == file["path"])
+            file["valid"] -= lost
+            file["rejected"] += lost
+    bad = {(e.file, e.sheet, e.row) for e in out.errors}
+    out.rejected_rows = [r for r in rows_read if (r.file, r.sheet, r.row) in bad]
+    return out
+
+
+def _rank(drops: Mapping[str, tuple[str, str]], drop: str) -> tuple[str, str]:
+    return drops.get(drop, ("", drop))
+
+
+def drop_ranks(entries: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Drop id -> its place in time: (when the pipeline received it, its id). A drop recorded
+    without a time (tables written before it was kept) ranks before every timed drop."""
+    return {e["drop"]: (str(e.get("received") or ""), str(e["drop"])) for e in entries}
+
+
+def merge_rows(
+    held: tuple[Sequence[Specimen], Sequence[Analysis]],
+    incoming: tuple[Sequence[Specimen], Sequence[Analysis]],
+    drops: Iterable[Mapping[str, Any]],
+    *,
+    without: frozenset[str] = frozenset(),
+) -> tuple[tuple[Specimen, ...], tuple[Analysis, ...]]:
+    """A table's rows after ``incoming`` rows arrive: a row whose id (``sample_id``,
+    ``analysis_id``) the table holds supersedes it unless the held row comes from a later
+    drop (``drops``: the table entries of every drop involved, see :func:`drop_ranks`). So
+    an embargoed drop lifted today never overwrites what a newer public drop said. Rows of
+    the drops in ``without`` leave the table."""
+    ranks = drop_ranks(drops)
+
+    def supersede(old: Iterable[Any], new: Iterable[Any], identity: str) -> tuple[Any, ...]:
+        merged = {getattr(r, identity): r for r in old if r.source.drop not in without}
+        for row in new:
+            there = merged.get(getattr(row, identity))
+            if there is None or _rank(ranks, row.source.drop) >= _rank(ranks, there.source.drop):
+                merged[getattr(row, identity)] = row
+        return tuple(merged.values())
+
+    return (
+        supersede(held[0], incoming[0], "sample_id"),
+        supersede(held[1], incoming[1], "analysis_id"),
+    )
+
+
+def merge_drop_entries(
+    held: Iterable[Mapping[str, Any]],
+    added: Iterable[Mapping[str, Any]],
+    *,
+    without: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """A table's drop list, oldest first: each drop once (as first recorded)."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in [*held, *added]:
+        if entry["drop"] not in without:
+            out.setdefault(entry["drop"], dict(entry))
+    return list(out.values())
+
+
+def table_files(
+    specimens: Iterable[Specimen],
+    analyses: Iterable[Analysis],
+    by_root: Mapping[str, Sequence[Analysis]],
+    *,
+    file_name: Callable[[str], str],
+) -> dict[str, bytes]:
+    """The objects of one table version: the specimens' GeoParquet, the analyses' Parquet,
+    and the analyses of each root specimen (``by_root``) on their own, named by
+    ``file_name(sample_id)``."""
+    files = {
+        "specimens.parquet": specimens_geoparquet_bytes(specimens),
+        "analyses.parquet": analyses_parquet_bytes(analyses),
+    }
+    for sample_id, measured in by_root.items():
+        if measured:
+            files[file_name(sample_id)] = analyses_parquet_bytes(measured)
+    return files
+
+
+REPORT_COLUMNS: Final = ("file", "sheet", "row", "column", "value", "rule", "message")
+
+
+def drop_report(
+    base: Mapping[str, Any],
+    manifest: DropManifest,
+    validated: ValidatedDrop,
+    *,
+    embargoed: bool,
+    table_version: str | None,
+    received: str,
+) -> dict[str, Any]:
+    """The drop's report: status, per-file and per-kind counts, every error and warning."""
+    report = dict(base)
+    counts = {
+        kind: {
+            "rows": sum(f["rows"] or 0 for f in validated.files if _is_kind(f, kind)),
+            "valid": sum(f["valid"] for f in validated.files if _is_kind(f, kind)),
+            "rejected": sum(f["rejected"] or 0 for f in validated.files if _is_kind(f, kind)),
+        }
+        for kind in ("specimens", "analyses")
+    }
+    refused = [f["path"] for f in validated.files if f["status"] == "rejected"]
+    if len(refused) == len(validated.files):
+        status = "rejected"
+        report["reason"] = f"every file was refused: {', '.join(refused)} (see files)"
+    elif refused or any(c["rejected"] for c in counts.values()):
+        status = "accepted_with_rejections"
+    else:
+        status = "accepted"
+    report |= {
+        "status": status,
+        "received": received,
+        "licence": manifest.licence,
+        "embargo_until": manifest.embargo_until,
+        "embargoed": embargoed,
+        "files": validated.files,
+        "counts": counts,
+        "errors": [e.model_dump() for e in validated.errors],
+        "warnings": [w.model_dump() for w in validated.warnings],
+        "table": {"partner": base["partner"], "version": table_version, "restricted": embargoed},
+    }
+    return dict(json.loads(json.dumps(report, default=str)))
+
+
+def _is_kind(file: Mapping[str, Any], kind: str) -> bool:
+    return bool((file["kind"] == "specimens") == (kind == "specimens"))
+
+
+def report_csv(errors: Iterable[RowError], warnings: Iterable[RowWarning] = ()) -> bytes:
+    """The report as a spreadsheet: a line per broken rule of a rejected row, then a line per
+    warning (its rows listed in ``row``; its message starts with WARNING, rows kept)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    for error in errors:
+        writer.writerow(["" if (v := getattr(error, c)) is None else v for c in REPORT_COLUMNS])
+    for warning in warnings:
+        cells = warning.model_dump() | {
+            "row": ", ".join(map(str, warning.rows)),
+            "message": f"WARNING (rows kept): {warning.message}",
+        }
+        writer.writerow(["" if cells.get(c) is None else cells[c] for c in REPORT_COLUMNS])
+    return buffer.getvalue().encode("utf-8")
+
+
+def quarantine_document(partner: str, drop: str, validated: ValidatedDrop) -> dict[str, Any] | None:
+    """What a drop's quarantine keeps: every rejected row (its cells as read, and the rules
+    it breaks) and every refused file; None when nothing was rejected."""
+    files = [f for f in validated.files if f["status"] == "rejected"]
+    if not validated.rejected_rows and not files:
+        return None
+    by_row: dict[tuple[str, str | None, int], list[dict[str, Any]]] = {}
+    for error in validated.errors:
+        by_row.setdefault((error.file, error.sheet, error.row), []).append(error.model_dump())
+    rows = [
+        {"file": r.file, "sheet": r.sheet, "row": r.row, "cells": dict(r.cells)}
+        | {"errors": by_row[(r.file, r.sheet, r.row)]}
+        for r in validated.rejected_rows
+    ]
+    return {"partner": partner, "drop": drop, "rows": rows, "rejected_files": files}

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import pyproj
@@ -52,6 +52,7 @@ __all__ = [
     "order_layers",
     "split_at_antimeridian",
     "tile_fingerprint",
+    "tile_identity",
 ]
 
 CHUNK_PX: Final = 512
@@ -121,13 +122,27 @@ def _largest_chunk_bytes(data: xr.DataArray) -> int:
     return math.prod(max(sizes) for sizes in data.chunks) * data.dtype.itemsize
 
 
-def order_layers(
-    layers: Sequence[Layer], rule: OverlapRule, priority: Sequence[str] = ()
-) -> list[Layer]:
+class Ranked(Protocol):
+    """What the overlap rule looks at: a :class:`Layer`, or what the flow knows of an input
+    before reading it (so that it can tell a tile's identity without reading anything)."""
+
+    @property
+    def product_id(self) -> str: ...
+    @property
+    def acquired(self) -> datetime | None: ...
+    @property
+    def resolution_m(self) -> float: ...
+    @property
+    def checksum(self) -> str | None: ...
+
+
+def order_layers[R: Ranked](
+    layers: Sequence[R], rule: OverlapRule, priority: Sequence[str] = ()
+) -> list[R]:
     """The layers in the order the rule gives them precedence; ties go to the product id, so
     that the same inputs always make the same tile (R9)."""
 
-    def newest(layer: Layer) -> tuple[int, float]:
+    def newest(layer: Ranked) -> tuple[int, float]:
         stamp = layer.acquired.timestamp() if layer.acquired else -math.inf
         return (layer.acquired is None, -stamp)
 
@@ -203,6 +218,28 @@ def tile_fingerprint(attrs: dict[str, Any], *, variable: str) -> str:
     }
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def tile_identity[R: Ranked](
+    inputs: Sequence[R],
+    tile: Tile,
+    *,
+    variable: str,
+    resampling: str,
+    rule: OverlapRule,
+    priority: Sequence[str] = (),
+) -> tuple[list[R], str]:
+    """The inputs in precedence order and the fingerprint :func:`build_tile` will give the
+    tile made from them, computed from what is known of the inputs, without reading them."""
+    ordered = order_layers(inputs, rule, priority)
+    attrs = {
+        "lunarchive:grid": tile.grid,
+        "lunarchive:tile": tile.id,
+        "lunarchive:resampling": resampling,
+        "lunarchive:overlap_rule": rule,
+        "lunarchive:inputs": [_provenance(layer) for layer in ordered],
+    }
+    return ordered, tile_fingerprint(attrs, variable=variable)
 
 
 def mosaic_onto(layers: Sequence[Layer], geobox: GeoBox, *, resampling: str) -> xr.DataArray:
@@ -318,7 +355,7 @@ def _variable_attrs(data: xr.DataArray) -> dict[str, Any]:
     return {k: v for k, v in data.attrs.items() if isinstance(v, str | int | float)}
 
 
-def _provenance(layer: Layer) -> dict[str, Any]:
+def _provenance(layer: Ranked) -> dict[str, Any]:
     return {
         "product_id": layer.product_id,
         "acquired": layer.acquired.isoformat() if layer.acquired else None,

@@ -38,6 +38,7 @@ __all__ = [
     "MissionName",
     "Provenance",
     "RowError",
+    "RowWarning",
     "SampleLevel",
     "Specimen",
     "SpecimenMaterial",
@@ -163,6 +164,28 @@ class RowError(BaseModel):
         return f"{where}, {self.message} (rule: {self.rule})"
 
 
+class RowWarning(BaseModel):
+    """Something a lab technician should check in rows that were kept (not rejected).
+
+    A check across rows (the oxide total of one analysis) names every row it read; ``value``
+    is what it found (``"92.41 wt%"``).
+    """
+
+    model_config = _FROZEN
+
+    file: str
+    sheet: str | None = None
+    rows: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=1)
+    column: str | None
+    value: str | None
+    rule: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file} [{self.sheet}]" if self.sheet else self.file
+        return f"{where}, {self.message} (rule: {self.rule}; rows kept)"
+
+
 class Provenance(BaseModel):
     """Where a record came from: the partner drop, the file, the sheet and the row."""
 
@@ -227,10 +250,17 @@ class Specimen(BaseModel):
     description: Text | None = None
     comment: Text | None = None
     references: tuple[Text, ...] = ()
+    found_year: int | None = Field(default=None, ge=1800, le=2999)
+    found_date: date | None = None
     source: Provenance
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        found = self.found_year is not None or self.found_date is not None
+        if found and self.mission != "Lunar meteorite":
+            raise ValueError("a find year or date is for lunar meteorites only")
+        if self.found_year and self.found_date and self.found_date.year != self.found_year:
+            raise ValueError(f"found {self.found_date} is not in the year {self.found_year}")
         numbered = mission_of_sample_id(self.sample_id)
         if numbered is not None and numbered != self.mission:
             raise ValueError(f"sample {self.sample_id} is numbered as {numbered}")

@@ -11,6 +11,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ import pytest
 # Before Prefect is imported anywhere: the suite's own Prefect home, never the user's.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="lunarchive-test-prefect-"))
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect reads this when it is first imported; its 20 s default was too short on a loaded
+# 2-core machine for the temporary API servers the flows start.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 from lunarchive.catalog.store import S3Options, Store, open_store
 from lunarchive.flows.settings import Settings, shared_dir
@@ -79,8 +83,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield open_store(request.getfixturevalue("s3_url"), s3=options)
 
 
-@pytest.fixture
-def fresh_database() -> Iterator[str]:
+@contextmanager
+def new_database() -> Iterator[str]:
     """A new, empty database on the test PostgreSQL (with PostGIS), dropped afterwards."""
     import psycopg
 
@@ -98,3 +102,10 @@ def fresh_database() -> Iterator[str]:
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def fresh_database() -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL (with PostGIS), dropped afterwards."""
+    with new_database() as url:
+        yield url

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urljoin
 
+from lunarchive.catalog.store import Store
 from lunarchive.flows.sources import Fetcher
 from lunarchive.schemas.sources import HarvestState, SourceSpec, UpstreamEntry
 
@@ -20,13 +21,17 @@ MAX_INVENTORY_BYTES = 256 * 1024 * 1024
 
 @dataclass(frozen=True)
 class KindContext:
-    """What a kind may use: the source, its HTTP client, and a base URL to resolve against."""
+    """What a kind may use: the source, its HTTP client, a base URL to resolve against, and
+    the store (where a partner's inbox is)."""
 
     spec: SourceSpec
     fetcher: Fetcher
     base_url: str
+    store: Store | None = None
 
     def url(self, relative: str) -> str:
+        if not self.base_url.startswith(("http://", "https://")):
+            return self.base_url + relative  # a store location: s3://, file://
         return urljoin(self.base_url, relative)
 
     def relative(self, url: str) -> str:
@@ -55,6 +60,7 @@ class Listing:
     etag: str | None = None
     last_modified: str | None = None
     labels: dict[str, str] | None = None
+    checkpoint: str | None = None  # where the next listing resumes (Search API)
 
 
 @dataclass(frozen=True)
@@ -66,12 +72,16 @@ class PlannedFile:
     size: int | None = None
     md5: str | None = None
     staged: bool = False  # already in the product's staging folder (the label)
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
 class ProductPlan:
     label: str  # the file read_product() starts from
     files: tuple[PlannedFile, ...]
+    # whether the label must name the listed product id and version (index and inventory
+    # kinds); listings name products by file, so the label's own id is just recorded
+    check_identity: bool = True
 
 
 class SourceKind(Protocol):

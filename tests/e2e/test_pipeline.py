@@ -50,7 +50,18 @@ def lunarchive(*args: str, check: bool = True) -> subprocess.CompletedProcess[st
 
 
 def snapshot(store: Store) -> dict[str, int]:
-    return {info.key: info.size for info in store.list()}
+    # Every run writes its run report (reports/<run-id>.json, its pictures under
+    # reports/<run-id>/) on purpose: those, and only those, are left out here; every other
+    # key, other reports/ ones included, counts. The reruns' reports are checked below.
+    from lunarchive.schemas.run_report import run_id_of
+
+    def run_report(key: str) -> bool:  # reports/<run-id>.json or reports/<run-id>/<picture>
+        parts = key.split("/")
+        if len(parts) < 2 or parts[0] != "reports":
+            return False
+        return run_id_of(f"reports/{parts[1].removesuffix('.json')}.json") is not None
+
+    return {info.key: info.size for info in store.list() if not run_report(info.key)}
 
 
 @dataclass
@@ -116,10 +127,10 @@ def test_release_manifest_lists_every_object_with_size_and_sha256(demo: DemoRuns
         assert demo.store.sha256(entry.key) == entry.sha256, entry.key
     # the release's own files, the cube, and the raw files its items point to
     assert {prefix + "catalog.json", prefix + "items.parquet"} <= keys
-    # catalog + 4 collections (DEM, Apollo, Luna, Chang'e-5) + 10 items (1 cube + 9 root
+    # catalog + 4 collections (DEM, Apollo, Luna, Chang'e-5) + 11 items (2 tiles + 9 root
     # specimens) + 4 queryables
-    assert len([k for k in keys if k.startswith(prefix) and k.endswith(".json")]) == 19
-    cube_objects = [k for k in keys if k.startswith("cubes/demo-dem/mosaic/")]
+    assert len([k for k in keys if k.startswith(prefix) and k.endswith(".json")]) == 20
+    cube_objects = [k for k in keys if k.startswith("cubes/demo-dem/r011c03")]
     assert any(k.endswith(".zarr/zarr.json") for k in cube_objects)
     assert any("/height/c/" in k for k in cube_objects)  # chunks, not only metadata
     (table,) = {k.split("/")[2] for k in keys if k.startswith("tables/demo-lab/")}
@@ -143,13 +154,19 @@ def test_release_manifest_lists_every_object_with_size_and_sha256(demo: DemoRuns
 
 
 def test_cube_holds_the_demo_heights_on_the_moon_grid(demo: DemoRuns) -> None:
-    (cube_key,) = {
-        k.split(".zarr/")[0] + ".zarr"
-        for k in demo.after_first
-        if k.startswith("cubes/")
-        if ".zarr/" in k
-    }
-    cube = xr.open_zarr(demo.store.zarr_store(cube_key), decode_coords="all", consolidated=False)
+    tile_keys = sorted(
+        {k.split(".zarr/")[0] + ".zarr" for k in demo.after_first if ".zarr/" in k}
+    )  # one store per tile of moon-eqc-512: r011c031 (56–52°W), r011c032 (52–48°W)
+    assert [k.split("/")[2] for k in tile_keys] == ["r011c031", "r011c032"]
+    tiles = [
+        xr.open_zarr(demo.store.zarr_store(k), decode_coords="all", consolidated=False)
+        for k in tile_keys
+    ]
+    deg = np.pi * MOON_RADIUS_M / 180.0  # metres per degree of the grid
+    cube = xr.combine_by_coords(tiles, combine_attrs="drop_conflicts").sel(
+        x=slice(-52.5 * deg, -51.5 * deg), y=slice(43.5 * deg, 42.5 * deg)
+    )
+    cube.attrs = tiles[0].attrs
     crs = pyproj.CRS.from_user_input(cube.rio.crs)
     assert iau_code(crs) == "IAU_2015:30110"
     assert crs.ellipsoid is not None
@@ -174,14 +191,16 @@ def test_static_catalog_validates_against_the_stac_schemas(demo: DemoRuns, share
         and not e.key.endswith(("/manifest.json", "/queryables.json"))
     ]
     kinds = sorted(doc["type"] for doc in documents)
-    assert kinds == ["Catalog"] + ["Collection"] * 4 + ["Feature"] * 10
+    assert kinds == ["Catalog"] + ["Collection"] * 4 + ["Feature"] * 11
     for doc in documents:
         urls = validate_stac(doc, shared / "stac-schemas")
         assert "https://stac-extensions.github.io/ssys/v1.1.1/schema.json" in urls
         if doc["type"] == "Feature":
             assert doc["properties"]["ssys:targets"] == ["Moon"]
-    (cube_item,) = [d for d in documents if d.get("collection") == "demo-dem"]
-    assert cube_item["properties"]["proj:code"] == "IAU_2015:30110"
+    tile_items = [d for d in documents if d.get("collection") == "demo-dem"]
+    assert len(tile_items) == 2  # one item per tile
+    for cube_item in tile_items:
+        assert cube_item["properties"]["proj:code"] == "IAU_2015:30110"
 
 
 def demo_rows(archive: Path, name: str) -> list[dict[str, str]]:
@@ -252,14 +271,16 @@ def test_search_by_sample_property_place_and_time(demo: DemoRuns, archive: Path)
     assert sorted(f["properties"]["sample_id"] for f in heavy) == expected
 
     near_ce5 = search(demo, "--bbox", "-52.5,42.5,-51.5,43.5")
-    assert sorted(f["id"] for f in near_ce5) == ["demo-dem-mosaic", "specimen-CE5C0400YJFM00505"]
+    assert sorted(f["id"] for f in near_ce5) == [
+        "demo-dem-r011c031", "demo-dem-r011c032", "specimen-CE5C0400YJFM00505",
+    ]  # fmt: skip
     (ce5,) = [f for f in near_ce5 if f["id"] == "specimen-CE5C0400YJFM00505"]
     assert ce5["properties"]["splits"] == ["CE5C0400YJFM00505-G1"]
     seventies = search(demo, "--datetime", "1972-01-01T00:00:00Z/1972-12-31T23:59:59Z")
     missions = {f["properties"]["mission"] for f in seventies}
     assert missions == {"Apollo 16", "Apollo 17"}
     dems = search(demo, "--collections", "demo-dem")
-    assert [f["id"] for f in dems] == ["demo-dem-mosaic"]
+    assert sorted(f["id"] for f in dems) == ["demo-dem-r011c031", "demo-dem-r011c032"]
 
 
 def test_malformed_filter_prints_one_line_and_exits_non_zero(demo: DemoRuns) -> None:
@@ -273,6 +294,10 @@ def test_malformed_filter_prints_one_line_and_exits_non_zero(demo: DemoRuns) -> 
 
 def test_rerun_on_unchanged_input_writes_no_new_objects(demo: DemoRuns) -> None:
     assert demo.after_second == demo.after_first
+    # ...but for the run report each run writes on purpose (left out of the snapshots)
+    from lunarchive.schemas.run_report import run_id_of
+
+    assert len([i for i in demo.store.list("reports/") if run_id_of(i.key)]) == 2
     assert "unchanged, nothing written" in demo.second
     assert "0 file(s) fetched" in demo.second
     pointer, _ = current(demo.store)
@@ -343,6 +368,7 @@ def test_pipeline_quarantines_bad_sample_rows_and_drops_and_publishes_the_rest(
         if e.key.startswith(prefix) and e.key.count("/") == 4
     )  # fmt: skip
     assert items == sorted(
-        ["partner-a-dem-mosaic"] + [f"specimen-{r['sample_id']}" for r in roots(archive)]
+        ["partner-a-dem-r011c031", "partner-a-dem-r011c032"]
+        + [f"specimen-{r['sample_id']}" for r in roots(archive)]
     )
-    assert "1 cube(s), 9 sample record(s)" in done.stdout
+    assert "2 cube(s), 9 sample record(s)" in done.stdout

@@ -135,7 +135,7 @@ def test_at_site_values_are_the_cube_pixels(demo: tuple[str, Store], sample_id: 
     url, store = demo
     (cube_version,) = {
         info.key.split("/")[3].removesuffix(".inventory.json")
-        for info in store.list("cubes/demo-dem/mosaic/")
+        for info in store.list("cubes/demo-dem/r011c032/")  # the tile holding 51.92°W
         if info.key.endswith(".inventory.json")
     }
     document = at_site(url, sample_id)
@@ -146,11 +146,13 @@ def test_at_site_values_are_the_cube_pixels(demo: tuple[str, Store], sample_id: 
     assert expected["count"] > 9  # a real disc, not only the containing pixel
     assert row["sample_id"] == sample_id
     assert (row["cube_item"], row["cube_version"], row["variable"], row["units"]) == (
-        "demo-dem-mosaic", cube_version, "height", "m",
+        "demo-dem-r011c032", cube_version, "height", "m",
     )  # fmt: skip
     assert row["pixel_size_x_m"] == pytest.approx(2 * math.pi * MOON_RADIUS_M / 360 / 512)
     assert row["radius_m"] == 150.0
-    for key in ("row", "col", "count", "pixels_in_disc"):
+    # rows and columns of the tile, whose corner is 46°N 52°W: 1280 rows, 256 columns off
+    assert (row["row"] - 1280, row["col"] + 256) == (expected["row"], expected["col"])
+    for key in ("count", "pixels_in_disc"):
         assert row[key] == expected[key], key
     for key in ("pixel_value", "mean", "std", "minimum", "maximum"):
         assert row[key] == pytest.approx(expected[key], rel=1e-12), key

@@ -13,7 +13,9 @@ import hashlib
 import io
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from lunarchive.flows.publish import publish
 from lunarchive.flows.samples import harvest_samples
 from lunarchive.processing.demo_archive import write_demo_drop
 from lunarchive.schemas.release import ReleaseManifest, ReleasePointer
+from tests._race import race
 
 TODAY = date(2026, 11, 26)
 CONTACT = {"name": "A. Technician", "email": "lab@partner.example"}
@@ -131,6 +134,7 @@ def test_moondb_drop_goes_in_with_exact_counts_and_twice_changes_nothing(
     }
     saved = report(store, "moondb", "0623")
     assert saved["counts"] == done["counts"]
+    assert saved["warnings"] == []  # INAA gives no SiO2: no analysis is complete enough to sum
     errors = report_rows(store, "moondb", "0623")
     assert len(errors) == 19 and len({e["row"] for e in errors}) == 19
     assert all(e["file"] == "rootspecimen.csv" and e["rule"] and e["message"] for e in errors)
@@ -402,3 +406,224 @@ def test_embargoed_rows_stay_restricted_until_the_date_passes(
     publish({"cubes": [], "unrecognised": []}, "lab-f", store.url)
     assert "74220" in published_sample_ids(store)
     assert run(store, today=until)["lifted"] == []  # lifted once
+
+
+# ---------------------------------------------------------------------------------------------
+# Oxide totals across the rows of one analysis
+
+
+def oxide_analysis(spot: str, technique: str, oxides: dict[str, str]) -> list[dict[str, str]]:
+    material = "mineral" if technique == "EPMA" else "whole_rock"
+    return [
+        {"sample_id": "70017", "material_analyzed": material, "spot_id": spot,
+         "technique": technique, "analyte": analyte, "value": value, "unit": "wt%",
+         "table_in_ref": spot}
+        for analyte, value in oxides.items()
+    ]  # fmt: skip
+
+
+def test_oxide_totals_warn_or_refuse_and_the_report_says_why(store: Store) -> None:
+    analyses = [
+        # rows 2-7: a pyroxene spot adding up to 98.3 wt% (EPMA window 97-101.5): fine
+        *oxide_analysis("px1", "EPMA", {"SiO2": "50.1", "TiO2": "1.2", "Al2O3": "2.0",
+                                        "FeO": "18.0", "MgO": "15.0", "CaO": "12.0"}),
+        # rows 8-12: 86 wt%: kept, with a warning
+        *oxide_analysis("px2", "EPMA", {"SiO2": "45.0", "Al2O3": "2.0", "FeO": "15.0",
+                                        "MgO": "14.0", "CaO": "10.0"}),
+        # rows 13-17: 113 wt%, more than the whole sample: refused
+        *oxide_analysis("wr1", "XRF", {"SiO2": "47.8", "Al2O3": "27.0", "FeO": "17.8",
+                                       "MgO": "10.0", "CaO": "10.4"}),
+        # rows 18-20: INAA without SiO2, a partial analysis: not summed
+        *oxide_analysis("wr2", "INAA", {"FeO": "0.2", "CaO": "18.0", "Na2O": "0.4"}),
+    ]  # fmt: skip
+    files = {
+        "specimens.csv": ("specimens", csv_bytes([GOOD_SPECIMEN])),
+        "analyses.csv": ("analyses", csv_bytes(analyses)),
+    }
+    put_drop(store, "lab-o", "totals", files)
+    (done,) = run(store)["drops"]
+    assert done["status"] == "accepted_with_rejections"
+    assert done["counts"]["analyses"] == {"rows": 19, "valid": 14, "rejected": 5}
+    saved = report(store, "lab-o", "totals")
+    (warning,) = saved["warnings"]
+    assert (warning["file"], warning["rows"], warning["rule"], warning["value"]) == (
+        "analyses.csv", [8, 9, 10, 11, 12], "oxide_total", "86.00 wt%",
+    )  # fmt: skip
+    assert warning["message"].startswith(
+        "rows 8, 9, 10, 11, 12: the major oxides of sample 70017 (mineral, table px2) add up "
+        "to 86.00 wt% (SiO2 45 + Al2O3 2 + FeO 15 + MgO 14 + CaO 10); a complete EPMA "
+        "analysis adds up to 97-101.5 wt%. The rows are kept"
+    )
+    assert [(e["row"], e["rule"]) for e in saved["errors"]] == [
+        (n, "oxide_total") for n in range(13, 18)
+    ]
+    assert all("113.00 wt%" in e["message"] for e in saved["errors"])
+    # the spreadsheet names both: a line per refused row, a line for the warning
+    lines = report_rows(store, "lab-o", "totals")
+    assert [(r["row"], r["rule"]) for r in lines] == [
+        *((str(n), "oxide_total") for n in range(13, 18)),
+        ("8, 9, 10, 11, 12", "oxide_total"),
+    ]
+    assert lines[-1]["message"].startswith("WARNING (rows kept): rows 8, 9, 10, 11, 12: ")
+    kept = json.loads(store.read("quarantine/lab-o/totals/rejected-rows.json"))
+    assert sorted(r["row"] for r in kept["rows"]) == list(range(13, 18))
+    in_table = table(store, "lab-o", "analyses.parquet")
+    assert Counter(r["table_in_ref"] for r in in_table) == {"px1": 6, "px2": 5, "wr2": 3}
+
+
+# ---------------------------------------------------------------------------------------------
+# Embargo lift: rows take their place by when their drop came, not by when the embargo ends
+
+
+def test_an_embargo_lift_never_overwrites_a_newer_public_row(restricted: Store) -> None:
+    store = restricted
+    until = TODAY + timedelta(days=30)
+
+    def specimens(*rows: tuple[str, str]) -> dict[str, tuple[str, bytes]]:
+        data = csv_bytes([GOOD_SPECIMEN | {"sample_id": i, "mass_g": m} for i, m in rows])
+        return {"specimens.csv": ("specimens", data)}
+
+    # 1: an embargoed drop says 70017 weighs 100 g (and 70215 8110 g)
+    put_drop(store, "lab-g", "a-secret", specimens(("70017", "100"), ("70215", "8110")),
+             embargo_until=until.isoformat())  # fmt: skip
+    run(store)
+    # 2: later, a public drop corrects 70017 to 2957 g; and 74220 is first published at 10 g
+    put_drop(store, "lab-g", "b-open", specimens(("70017", "2957"), ("74220", "10")))
+    run(store)
+    # 3: later still, an embargoed drop corrects 74220 to 12 g
+    put_drop(store, "lab-g", "c-secret", specimens(("74220", "12")),
+             embargo_until=until.isoformat())  # fmt: skip
+    run(store)
+    assert {r["sample_id"]: r["mass_g"] for r in table(store, "lab-g", "specimens.parquet")} == {
+        "70017": 2957.0, "74220": 10.0,
+    }  # fmt: skip
+
+    assert run(store, today=until)["lifted"] == ["lab-g/a-secret", "lab-g/c-secret"]
+    public = {r["sample_id"]: r for r in table(store, "lab-g", "specimens.parquet")}
+    assert {i: (r["mass_g"], r["source_drop"]) for i, r in public.items()} == {
+        "70017": (2957.0, "lab-g/b-open"),  # newer than the lifted row: stays
+        "70215": (8110.0, "lab-g/a-secret"),
+        "74220": (12.0, "lab-g/c-secret"),  # the lifted row is the newer: it supersedes
+    }
+    latest = json.loads(store.read("tables/lab-g/latest.json"))
+    assert [d["drop"] for d in latest["drops"]] == [
+        "lab-g/b-open", "lab-g/a-secret", "lab-g/c-secret",
+    ]  # fmt: skip
+    received = {d["drop"]: d["received"] for d in latest["drops"]}
+    assert received["lab-g/a-secret"] < received["lab-g/b-open"] < received["lab-g/c-secret"]
+    assert table(restricted_store(store, "lab-g"), "lab-g", "specimens.parquet") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Two runs at once: both drops end up in the table
+
+
+def specimen_drop(ids: list[str]) -> dict[str, tuple[str, bytes]]:
+    rows = [GOOD_SPECIMEN | {"sample_id": i} for i in ids]
+    return {"specimens.csv": ("specimens", csv_bytes(rows))}
+
+
+def test_two_concurrent_runs_keep_both_drops(store: Store) -> None:
+    first, second = ["70017", "70018", "70019"], ["74220", "74235"]
+    put_drop(store, "lab-r", "d1", specimen_drop(first))
+    put_drop(store, "lab-r", "d2", specimen_drop(second))
+    results: dict[str, dict[str, Any]] = {}
+
+    def contender(name: str) -> Callable[[], None]:
+        def go() -> None:
+            results[name] = run(store)
+
+        return go
+
+    outcome = race({"one": contender("one"), "two": contender("two")})
+    assert outcome == {"one": "won", "two": "won"}
+    assert all(r["waiting"] == [] for r in results.values())
+    ids = [r["sample_id"] for r in table(store, "lab-r", "specimens.parquet")]
+    assert sorted(ids) == sorted(first + second)  # nothing lost, nothing twice
+    latest = json.loads(store.read("tables/lab-r/latest.json"))
+    assert sorted(d["drop"] for d in latest["drops"]) == ["lab-r/d1", "lab-r/d2"]
+    for drop in ("d1", "d2"):
+        assert report(store, "lab-r", drop)["status"] == "accepted"
+    assert run(store)["drops"] == []
+
+
+def test_two_drops_merged_at_once_both_reach_the_table(store: Store) -> None:
+    """Each contender merges a different drop into the same table: one of them must re-read
+    the other's version and merge again."""
+    from lunarchive.flows._runtime import load_settings
+    from lunarchive.flows.samples import process_drop
+
+    drops = {f"d{n}": [f"7{n}{k:03d}" for k in range(1, 4)] for n in range(1, 5)}  # 71001.. 74003
+    for drop, ids in drops.items():
+        put_drop(store, "lab-s", drop, specimen_drop(ids))
+    settings = load_settings(store_url=store.url)
+    outcome = race(
+        {drop: partial(process_drop.fn, settings, "lab-s", drop, TODAY) for drop in drops}
+    )
+    assert outcome == dict.fromkeys(drops, "won")
+    ids = [r["sample_id"] for r in table(store, "lab-s", "specimens.parquet")]
+    assert sorted(ids) == sorted(i for group in drops.values() for i in group)
+    latest = json.loads(store.read("tables/lab-s/latest.json"))
+    assert sorted(d["drop"] for d in latest["drops"]) == [f"lab-s/{d}" for d in sorted(drops)]
+    assert latest["counts"] == {"specimens": 12, "analyses": 0}
+    # the history is a chain of four versions, each one drop more than the one before
+    chain, version = [], latest["version"]
+    while version is not None:
+        record = json.loads(store.read(f"tables/lab-s/{version}/table.json"))
+        chain.append(record["counts"]["specimens"])
+        version = record["previous"]
+    assert chain == [12, 9, 6, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lunar meteorites: catalogued by when they were found
+
+
+def test_lunar_meteorites_are_catalogued_by_find_date(store: Store) -> None:
+    meteorite = {"mission": "Lunar meteorite", "material": "rock", "found_year": "",
+                 "found_date": "", "lat_deg": "", "lon_deg": "", "mass_g": "100"}  # fmt: skip
+    rows = [
+        GOOD_SPECIMEN | {"found_year": "", "found_date": ""},
+        GOOD_SPECIMEN | meteorite | {"sample_id": "ALHA81005", "found_date": "1982-01-18"},
+        GOOD_SPECIMEN | meteorite | {"sample_id": "NWA 032", "found_year": "1999"},
+        GOOD_SPECIMEN | meteorite | {"sample_id": "Dhofar 025"},  # says not when: refused
+    ]
+    for row in rows[1:]:
+        row.update(station="", location_uncertainty_m="", pristinity_date="")
+    put_drop(store, "lab-m", "finds", {"specimens.csv": ("specimens", csv_bytes(rows))})
+    (done,) = run(store)["drops"]
+    assert done["counts"]["specimens"] == {"rows": 4, "valid": 3, "rejected": 1}
+    (error,) = report(store, "lab-m", "finds")["errors"]
+    assert (error["row"], error["column"], error["rule"]) == (5, "found_year", "found_required")
+
+    result = publish({"cubes": [], "unrecognised": []}, "lab-m", store.url)
+    assert result["uncatalogued"] == [] and result["samples"] == 3
+    _, keys = release_keys(store)
+    collection = json.loads(store.read(next(k for k in keys if k.endswith(
+        "/lunar-meteorites/collection.json"))))  # fmt: skip
+    assert collection["extent"]["spatial"]["bbox"] == [[-180.0, -90.0, 180.0, 90.0]]
+    assert collection["extent"]["temporal"]["interval"] == [
+        ["1982-01-18T00:00:00Z", "1999-12-31T23:59:59Z"]
+    ]
+    items = {
+        item["properties"]["sample_id"]: item
+        for item in (json.loads(store.read(k)) for k in keys if "/lunar-meteorites/" in k)
+        if item.get("type") == "Feature"
+    }
+    assert sorted(items) == ["ALHA81005", "NWA 032"]
+    found = items["ALHA81005"]["properties"]
+    assert (found["datetime"], found["found_date"], found["ssys:targets"]) == (
+        "1982-01-18T00:00:00Z", "1982-01-18", ["Moon"],
+    )  # fmt: skip
+    year = items["NWA 032"]["properties"]
+    assert (year["datetime"], year["start_datetime"], year["end_datetime"]) == (
+        None, "1999-01-01T00:00:00Z", "1999-12-31T23:59:59Z",
+    )  # fmt: skip
+    for item in items.values():  # somewhere on the Moon: the whole Moon, and it says why
+        assert item["geometry"]["coordinates"] == [
+            [[-180.0, -90.0], [180.0, -90.0], [180.0, 90.0], [-180.0, 90.0], [-180.0, -90.0]]
+        ]
+        assert item["bbox"] == [-180.0, -90.0, 180.0, 90.0]
+        assert item["properties"]["location_source"] == "unknown_launch_site"
+        assert item["properties"]["mission"] == "Lunar meteorite"
+    assert published_sample_ids(store) == {"70017", "ALHA81005", "NWA 032"}

@@ -22,13 +22,16 @@ from typing import Any
 
 import pytest
 import typer
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from typer.testing import CliRunner
 
 from lunarchive.catalog.store import ObjectInfo, Store
+from lunarchive.flows._runtime import load_settings, prefect_api
 from lunarchive.flows.cli_harvest import harvest_command, status_command
 from lunarchive.flows.harvest_engine import (
     HarvestRun,
     HarvestSettings,
+    load_registry,
     load_source,
     read_report,
     report_key,
@@ -500,16 +503,25 @@ def test_harvest_and_status_commands_run_the_flow_on_both_mirrors(
     app.command("harvest")(harvest_command)
     app.command("status")(status_command)
     runner = CliRunner()
-    for source, mirror, root in (("lola-gdr", lola_mirror, lola.ROOT), ("m3", m3_mirror, m3.ROOT)):
-        args = ["harvest", source, "--store", store.url, "--base-url", mirror.url + root]
-        done = runner.invoke(app, [*args, "--allow-local-sources"])
-        assert done.exit_code == 0, done.output
-        assert f"{source}: 2 upstream, 2 new, 2 fetched, 0 unchanged" in done.stdout
+    # the commands share one temporary Prefect API (each would start its own), given time to
+    # start on a loaded test machine (the default 20 s is not always enough)
+    with (
+        temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 300}),
+        prefect_api(load_settings()),
+    ):
+        for source, mirror, root in (
+            ("lola-gdr", lola_mirror, lola.ROOT),
+            ("m3", m3_mirror, m3.ROOT),
+        ):
+            args = ["harvest", source, "--store", store.url, "--base-url", mirror.url + root]
+            done = runner.invoke(app, [*args, "--allow-local-sources"])
+            assert done.exit_code == 0, done.output
+            assert f"{source}: 2 upstream, 2 new, 2 fetched, 0 unchanged" in done.stdout
     status = runner.invoke(app, ["status", "--store", store.url, "--json"])
     assert status.exit_code == 0, status.output
     rows = {row["source"]: row for row in json.loads(status.stdout)}
-    assert set(rows) == {"lola-gdr", "m3"}
-    for row in rows.values():
+    assert set(rows) == {spec.name for spec in load_registry()}  # every registered source
+    for row in (rows["lola-gdr"], rows["m3"]):
         assert (row["upstream"], row["held"], row["missing"], row["flags"]) == (2, 2, 0, [])
         assert row["last_run"] == counts(upstream=2, new=2, fetched=2).model_dump()
     assert len(raw_listing(store)) == 8

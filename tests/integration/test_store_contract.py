@@ -9,7 +9,7 @@ from typing import IO, Any
 
 import pytest
 
-from lunarchive.catalog.store import Store
+from lunarchive.catalog.store import S3Options, Store, open_store
 from lunarchive.schemas.errors import InvalidKey, StoreConflict
 from tests._race import race
 
@@ -137,3 +137,39 @@ def test_keys_that_escape_the_root_are_refused(store: Store, key: str) -> None:
     with pytest.raises(InvalidKey):
         store.create(key, b"x")
     assert keys(store) == []
+
+
+@pytest.mark.integration
+def test_s3_sha256_comes_from_the_write_and_follows_foreign_overwrites(
+    s3_url: str, s3_options: S3Options, tmp_path: Path
+) -> None:
+    """The sha256 recorded at write time answers ``sha256`` with one HEAD; bytes replaced by
+    another client (which drops that record) are hashed; ``rehash`` always reads the bytes."""
+    import obstore
+
+    from lunarchive.catalog._s3store import SHA256_METADATA, S3Store
+
+    store = open_store(s3_url, s3=s3_options)
+    assert isinstance(store, S3Store)
+    data = b"lunar regolith " * 1000
+    store.write("k/recorded.bin", data)
+    head = obstore.get(store.client, "k/recorded.bin", options={"head": True})
+    assert head.attributes[SHA256_METADATA] == hashlib.sha256(data).hexdigest()
+    assert store.sha256("k/recorded.bin") == hashlib.sha256(data).hexdigest()
+
+    claimed = "0" * 64  # a record that does not match the bytes: only a re-hash can tell
+    obstore.put(store.client, "k/claimed.bin", data, attributes={SHA256_METADATA: claimed})
+    assert store.sha256("k/claimed.bin") == claimed
+    assert store.sha256("k/claimed.bin", rehash=True) == hashlib.sha256(data).hexdigest()
+
+    obstore.put(store.client, "k/recorded.bin", b"replaced by another tool")  # no record
+    assert store.sha256("k/recorded.bin") == hashlib.sha256(b"replaced by another tool").hexdigest()
+    with pytest.raises(KeyError):
+        store.sha256("k/missing.bin")
+
+    big = tmp_path / "big.bin"  # above the single-PUT size: a multipart upload, same record
+    big.write_bytes(bytes(range(256)) * (17 * 4096))
+    store.write_file("k/big.bin", big)
+    head = obstore.get(store.client, "k/big.bin", options={"head": True})
+    assert head.attributes[SHA256_METADATA] == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert store.read("k/big.bin") == big.read_bytes()

@@ -510,6 +510,44 @@ def test_a_partial_http_download_resumes_with_range(
     assert list(staging.glob("*.part")) == []
 
 
+class CutHalfway(StoreSource):
+    """An S3 download that dies halfway, leaving its partial file in the staging folder."""
+
+    def fetch(self, key: str, part: Path, *, size: int) -> None:
+        super().fetch(key, part, size=size)
+        with part.open("r+b") as handle:
+            handle.truncate(size // 2)
+        raise TransientError(f"{key}: simulated connection reset halfway")
+
+
+def test_a_partial_s3_download_resumes_from_its_length(
+    s3_url: str, s3_options: S3Options, folder_dest: Store, staging: Path
+) -> None:
+    s3 = open_store(s3_url, s3=s3_options)
+    version = publish(s3, basic_items(), when=START)
+    key = "raw/test/big/cube.bin"
+    whole = s3.read(key)
+
+    cut = sync_release(CutHalfway(s3), folder_dest, staging=staging, retries=1)
+    assert [f.key for f in cut.failed] == [key]
+    (part,) = staging.glob("*.part")
+    assert part.read_bytes() == whole[: BIG // 2]
+    # a resumed fetch keeps the prefix it finds: a wrong one is caught by the sha256 check,
+    # the object is not placed, and the partial file is dropped so the next attempt starts over
+    part.write_bytes(b"\0" * (BIG // 2))
+    refused = sync_release(s3, folder_dest, staging=staging, retries=1)
+    assert [f.key for f in refused.failed] == [key]
+    assert not folder_dest.exists(key) and read_current(folder_dest) is None
+    assert list(staging.glob("*.part")) == []
+
+    sync_release(CutHalfway(s3), folder_dest, staging=staging, retries=1)
+    resumed = sync_release(s3, folder_dest, staging=staging, retries=1)
+    assert resumed.complete and resumed.objects_transferred == 1
+    assert folder_dest.read(key) == whole
+    assert_whole(folder_dest, version)
+    assert list(staging.glob("*.part")) == []
+
+
 def test_pruning_keeps_objects_that_kept_releases_share(
     source: Store, dest: Store, staging: Path
 ) -> None:

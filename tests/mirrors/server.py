@@ -11,24 +11,37 @@ sent, the connection closed), ``stall`` (half the body sent, then nothing until
 ``released`` is set: a harvester killed mid-download) and ``redirect:<url>``. Every
 request is logged with its headers; ``sent`` is set once a stalled response has sent its
 half.
+
+Per-archive behaviour, switchable: ``ranges`` off (DARTS answers a Range request with the
+whole body); ``buckets`` — paths answering S3 ListObjectsV2 (``?list-type=2&prefix=…``,
+paged by ``max-keys`` capped at ``page_cap``, with continuation tokens) as the PDS cloud
+store does for LROC; ``throttle`` — every Nth request answers 429 with ``Retry-After``
+(LROC's origin); ``protected`` — path prefixes that redirect to ``/login`` unless the
+request carries the given header (China's CLPDS); ``apps`` — path prefixes answered by a
+function of (rest of the path, query, headers), for small APIs (the PDS Search API).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import socket
 import threading
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
+from xml.sax.saxutils import escape
 
 __all__ = ["MirrorServer", "Request", "serve"]
 
 _EPOCH = 1_700_000_000.0  # a fixed Last-Modified for files given no date
+# an API behind a path prefix: (rest of the path, query, headers) → (status, body, headers)
+App = Callable[[str, dict[str, list[str]], dict[str, str]], tuple[int, bytes, dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,7 @@ class Request:
     method: str
     path: str
     headers: dict[str, str]
+    query: str = ""
 
 
 @dataclass
@@ -50,6 +64,12 @@ class MirrorServer:
     url: str = ""
     sent: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
+    buckets: tuple[str, ...] = ()  # "/data/store/": ListObjectsV2 answered there
+    page_cap: int = 1000
+    throttle: int | None = None  # every Nth request answers 429
+    protected: dict[str, tuple[str, str]] = field(default_factory=dict)  # prefix → header
+    served: int = 0
+    apps: dict[str, App] = field(default_factory=dict)
 
     def replace(self, files: dict[str, bytes], modified: dict[str, float] | None = None) -> None:
         self.files = dict(files)
@@ -84,13 +104,58 @@ class MirrorServer:
         for name, is_dir in children:
             href = name + ("/" if is_dir else "")
             size = "-" if is_dir else str(len(self.files[folder + name]))
+            stamp = self.modified.get(folder + name, _EPOCH) if not is_dir else _EPOCH
+            date = time.strftime("%d-%b-%Y %H:%M", time.gmtime(stamp))
             rows.append(
-                f'<tr><td><a href="{href}">{href}</a></td><td>15-Sep-2017 12:00</td>'
-                f"<td>{size}</td></tr>"
+                f'<tr><td><a href="{href}">{href}</a></td><td>{date}</td><td>{size}</td></tr>'
             )
         head = f"<html><head><title>Index of {folder}</title></head>"
         body = f"<body><h1>Index of {folder}</h1><table>{''.join(rows)}</table></body></html>"
         return (head + body).encode()
+
+    def list_objects(self, bucket: str, query: dict[str, list[str]]) -> bytes:
+        """A ListObjectsV2 answer for the objects below ``bucket`` (AWS's XML shape)."""
+        prefix = query.get("prefix", [""])[0]
+        keys = sorted(p[len(bucket) :] for p in self.files if p.startswith(bucket))
+        keys = [key for key in keys if key.startswith(prefix)]
+        token = query.get("continuation-token", [""])[0]
+        after = base64.urlsafe_b64decode(token).decode() if token else ""
+        keys = [key for key in keys if key > after]
+        limit = min(int(query.get("max-keys", ["1000"])[0]), self.page_cap)
+        page, truncated = keys[:limit], len(keys) > limit
+        contents = "".join(
+            "<Contents>"
+            f"<Key>{escape(key)}</Key>"
+            f"<LastModified>{_iso(self.modified.get(bucket + key, _EPOCH))}</LastModified>"
+            f"<ETag>&quot;{_md5(self.files[bucket + key])}&quot;</ETag>"
+            f"<Size>{len(self.files[bucket + key])}</Size>"
+            "<StorageClass>STANDARD</StorageClass>"
+            "</Contents>"
+            for key in page
+        )
+        following = (
+            "<NextContinuationToken>"
+            + base64.urlsafe_b64encode(page[-1].encode()).decode()
+            + "</NextContinuationToken>"
+            if truncated
+            else ""
+        )
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Name>pds-img-archive-prod</Name><Prefix>{escape(prefix)}</Prefix>"
+            f"<KeyCount>{len(page)}</KeyCount><MaxKeys>{limit}</MaxKeys>"
+            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+            f"{contents}{following}</ListBucketResult>"
+        ).encode()
+
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _iso(stamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(stamp))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -102,8 +167,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         mirror = self.mirror
-        path = unquote(urlparse(self.path).path)
-        mirror.log.append(Request("GET", path, {k.lower(): v for k, v in self.headers.items()}))
+        parsed = urlparse(self.path)
+        path = unquote(parsed.path)
+        mirror.log.append(
+            Request("GET", path, {k.lower(): v for k, v in self.headers.items()}, parsed.query)
+        )
+        mirror.served += 1
+        if mirror.throttle and mirror.served % mirror.throttle == 0:
+            return self._send(429, b"slow down\n", {"Retry-After": "0"})
+        for prefix, (name, value) in mirror.protected.items():
+            if path.startswith(prefix) and self.headers.get(name) != value:
+                return self._send(302, b"", {"Location": "/login?next=" + path})
+        query = parse_qs(parsed.query)
+        for prefix, app in mirror.apps.items():
+            if path.startswith(prefix):
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                return self._send(*app(path[len(prefix) :], query, headers))
+        if path in mirror.buckets and query.get("list-type") == ["2"]:
+            page = mirror.list_objects(path, query)
+            return self._send(200, page, {"Content-Type": "application/xml"})
         queued = mirror.faults.get(path.lower())
         fault = queued.pop(0) if queued else None
         if fault and fault.isdigit():

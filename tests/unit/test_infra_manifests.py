@@ -113,3 +113,13 @@ def test_the_dockerfile_copies_what_exists_and_runs_what_is_installed() -> None:
     assert (BIN / program).exists(), program
     images = {c["image"] for doc in k8s_documents() for c in containers(doc)}
     assert len(images) == 1  # one image for the scheduler, the workers and the Prefect worker
+
+
+def test_the_watchdog_runs_on_a_schedule_with_its_settings_known() -> None:
+    deployments = documents(INFRA / "prefect.yaml")[0]["deployments"]
+    (watchdog,) = [d for d in deployments if d["entrypoint"] == "flows/watchdog.py:watchdog"]
+    assert watchdog["schedules"] and all(
+        "cron" in s or "interval" in s for s in watchdog["schedules"]
+    )
+    for name in re.findall(r"LUNARCHIVE_([A-Z_]+)\*?", watchdog["description"]):
+        assert any(field.upper().startswith(name) for field in Settings.model_fields), name

@@ -1,4 +1,4 @@
-"""Unit tests of lunarchive.processing: lunar CRSs, the demo archive, readers, mosaic, cubes.
+"""Unit tests of lunarchive.processing: lunar CRSs, the demo archive, readers, tile cubes.
 
 Offline; the demo archive is generated, and one test reads a real LOLA product from the
 shared fixtures folder (``LUNARCHIVE_SHARED_DIR``, default ``../shared`` beside the checkout).
@@ -32,10 +32,12 @@ from lunarchive.processing.crs import (
     lunar_footprint,
     moon_geographic,
 )
-from lunarchive.processing.cube import build_cube, cube_summary, write_cube
+from lunarchive.processing.cube import build_cube
 from lunarchive.processing.demo_archive import demo_heights_dn, write_demo_archive
-from lunarchive.processing.mosaic import mosaic
-from lunarchive.processing.readers import open_dem, read_specimens
+from lunarchive.processing.grids import named_grid
+from lunarchive.processing.pyramid import write_tile
+from lunarchive.processing.readers import open_dem
+from lunarchive.processing.tiles import Layer, build_tile
 from lunarchive.schemas.errors import ProductRejected
 
 # affine 3 deprecates `Affine * Affine`; odc-geo 0.5.3 and rioxarray 0.23 still use it.
@@ -109,15 +111,32 @@ def demo_tiles(demo_root: Path) -> list[xr.DataArray]:
     return [open_dem(demo_root / "dem" / f"{name}.xml") for name in TILE_NAMES]
 
 
+# The demo's western half (dem_t00, dem_t10) is tile r011c031 of moon-eqc-512 (56–52°W,
+# 46–42°N): rows 1280..1792 and columns 1792..2048 of the tile.
+WEST_TILE = "r011c031"
+IN_TILE = (slice(1280, 1792), slice(1792, 2048))
+
+
+def west_tile(demo_tiles: list[xr.DataArray]) -> xr.Dataset:
+    layers = [Layer(t, name) for t, name in zip(demo_tiles, TILE_NAMES, strict=True)]
+    return build_tile(layers, named_grid("moon-eqc-512").tile(WEST_TILE))
+
+
+def expected_west_tile() -> np.ndarray:
+    tile = np.full((2048, 2048), np.nan)
+    tile[IN_TILE] = expected_heights(demo_heights_dn())[:, :TILE]
+    return tile
+
+
 @pytest.fixture(scope="module")
 def demo_cube(demo_tiles: list[xr.DataArray]) -> xr.Dataset:
-    return build_cube(mosaic(demo_tiles), name="height")
+    return west_tile(demo_tiles)
 
 
 @pytest.fixture(scope="module")
 def written_cube(demo_cube: xr.Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cubes") / "dem.zarr"
-    write_cube(demo_cube, zarr.storage.LocalStore(path))
+    write_tile(demo_cube, zarr.storage.LocalStore(path), overviews=False)
     return path
 
 
@@ -227,20 +246,6 @@ def test_demo_labels_have_no_placeholders_and_lower_case_lids(demo_root: Path) -
         assert "<missing_constant>-32768</missing_constant>" in label
 
 
-def test_demo_specimens_parse_with_typed_values(demo_root: Path) -> None:
-    data = (demo_root / "samples" / "specimens.csv").read_bytes()
-    records = read_specimens(data, source="specimens.csv")
-    by_id = {record["sample_id"]: record for record in records}
-    assert len(records) == 12
-    assert {"70017", "70017,12", "24170", "CE5C0400YJFM00505"} <= by_id.keys()
-    assert by_id["70017,12"]["parent_id"] == "70017"
-    assert by_id["70017"]["parent_id"] is None
-    assert by_id["70017"]["mass_g"] == 2957.0
-    assert by_id["CE5C0400YJFM00505"]["lat_deg"] == pytest.approx(43.06, abs=0.01)
-    assert by_id["CE5C0400YJFM00505"]["lon_deg"] == pytest.approx(-51.92, abs=0.01)
-    assert by_id["24170"]["mission"] == "Luna 24"
-
-
 # --- readers -------------------------------------------------------------------------------
 
 
@@ -303,69 +308,6 @@ def test_open_dem_refuses_a_truncated_data_file(demo_root: Path, tmp_path: Path)
         open_dem(tmp_path / "dem_t00.xml")
 
 
-def test_read_specimens_refuses_a_latitude_out_of_range_naming_row_and_column() -> None:
-    data = b"sample_id,lat_deg,lon_deg\n70017,20.19,30.77\n74220,95,30.77\n"
-    with pytest.raises(ProductRejected, match=r"drop\.csv, row 3, column 'lat_deg': 95\.0"):
-        read_specimens(data, source="drop.csv")
-
-
-def test_read_specimens_types_values_and_normalises_longitudes() -> None:
-    data = "sample_id,parent_id,lat_deg,lon_deg,mass_g,note\n24170,,12.7145,62.2129,0.8,\n"
-    data += "CE5C0400YJFM00505,,43.0576,308.0839,1.5,powder\n"
-    records = read_specimens(data.encode(), source="drop.csv")
-    assert records[0] == {
-        "sample_id": "24170",
-        "parent_id": None,
-        "lat_deg": 12.7145,
-        "lon_deg": 62.2129,
-        "mass_g": 0.8,
-        "note": None,
-    }
-    assert records[1]["lon_deg"] == pytest.approx(-51.9161)
-
-
-@pytest.mark.parametrize(
-    ("csv_text", "message"),
-    [
-        ("sample_id,lat_deg\n,10\n", r"row 2, column 'sample_id': empty"),
-        ("sample_id,mass_g\n70017,heavy\n", r"row 2, column 'mass_g': 'heavy' is not a number"),
-        ("sample_id\n70017\n70017\n", r"row 3, column 'sample_id': '70017' repeats row 2"),
-        ("lat_deg\n10\n", r"row 1: no 'sample_id' column"),
-        ("sample_id,lon_deg\n70017,-181\n", r"row 2, column 'lon_deg'"),
-    ],
-)
-def test_read_specimens_refuses_bad_rows(csv_text: str, message: str) -> None:
-    with pytest.raises(ProductRejected, match=rf"drop\.csv, {message}"):
-        read_specimens(csv_text.encode(), source="drop.csv")
-
-
-def test_read_specimens_refuses_bytes_that_are_not_utf8() -> None:
-    with pytest.raises(ProductRejected, match=r"drop\.csv: not UTF-8"):
-        read_specimens(b"sample_id\n\xff\xfe\n", source="drop.csv")
-
-
-# --- mosaic --------------------------------------------------------------------------------
-
-
-def test_mosaic_of_the_demo_tiles_covers_their_union(demo_tiles: list[xr.DataArray]) -> None:
-    merged = mosaic(demo_tiles)
-    assert merged.shape == (2 * TILE, 2 * TILE)
-    assert merged.dims == ("y", "x")
-    assert merged.dtype == np.float32
-    assert merged.chunks == ((TILE, TILE), (TILE, TILE))
-    assert merged.rio.transform() == demo_tiles[0].rio.transform()  # NW tile sets the origin
-    assert iau_code(merged.rio.crs) == "IAU_2015:30110"
-    values = merged.values
-    assert np.array_equal(values, expected_heights(demo_heights_dn()), equal_nan=True)
-    for name, tile in zip(TILE_NAMES, demo_tiles, strict=True):
-        rows = slice(int(name[-2]) * TILE, (int(name[-2]) + 1) * TILE)
-        cols = slice(int(name[-1]) * TILE, (int(name[-1]) + 1) * TILE)
-        over_tile = merged.isel(y=rows, x=cols)
-        assert np.allclose(over_tile["x"], tile["x"], rtol=0, atol=1e-6), name
-        assert np.allclose(over_tile["y"], tile["y"], rtol=0, atol=1e-6), name
-        assert np.array_equal(over_tile.values, tile.values, equal_nan=True), name
-
-
 def grid_tile(values: np.ndarray, *, x0: float, y0: float, res: float = 100.0) -> xr.DataArray:
     ny, nx = values.shape
     tile = xr.DataArray(
@@ -378,27 +320,6 @@ def grid_tile(values: np.ndarray, *, x0: float, y0: float, res: float = 100.0) -
     return result
 
 
-def test_mosaic_is_first_wins_and_fills_gaps_from_later_tiles() -> None:
-    first = np.full((4, 4), 1.0)
-    first[0, 2] = np.nan  # a gap inside the second tile: the second tile fills it
-    first[3, 0] = np.nan  # a gap outside it: stays NaN
-    second = np.full((4, 4), 2.0)
-    merged = mosaic([grid_tile(first, x0=0.0, y0=400.0), grid_tile(second, x0=200.0, y0=600.0)])
-    assert merged.shape == (6, 6)  # the union: x 0..600 m, y 0..600 m
-    assert tuple(merged.rio.transform())[:6] == (100.0, 0.0, 0.0, 0.0, -100.0, 600.0)
-    expected = np.full((6, 6), np.nan, dtype=np.float32)
-    expected[0:4, 2:6] = 2.0  # the second tile: rows y 600..200, columns x 200..600
-    expected[2:6, 0:4] = np.where(np.isnan(first), expected[2:6, 0:4], first)  # first wins
-    assert np.array_equal(merged.values, expected, equal_nan=True)
-
-
-def test_mosaic_refuses_a_first_tile_without_an_iau_code() -> None:
-    tile = grid_tile(np.ones((2, 2)), x0=0.0, y0=200.0)
-    tile = tile.rio.write_crs("+proj=eqc +lon_0=33 +R=1737400 +units=m +no_defs")
-    with pytest.raises(ProductRejected, match="matches no IAU_2015 code"):
-        mosaic([tile])
-
-
 # --- cube ----------------------------------------------------------------------------------
 
 
@@ -407,9 +328,7 @@ def test_cube_round_trip_in_xarray_keeps_values_crs_and_transform(
 ) -> None:
     back = xr.open_zarr(written_cube, decode_coords="all", consolidated=False)
     assert list(back.data_vars) == ["height"]
-    assert np.array_equal(
-        back["height"].values, expected_heights(demo_heights_dn()), equal_nan=True
-    )
+    assert np.array_equal(back["height"].values, expected_west_tile(), equal_nan=True)
     assert back.rio.crs == rasterio.crs.CRS.from_user_input("IAU_2015:30110")
     crs = pyproj.CRS.from_user_input(back.rio.crs)
     assert radius_m(crs) == MOON_RADIUS_M
@@ -424,18 +343,17 @@ def test_cube_round_trip_in_xarray_keeps_values_crs_and_transform(
     assert back["height"].attrs["units"] == "m"
 
 
-def test_cube_store_is_zarr_v3_with_zstd_and_256_chunks(written_cube: Path) -> None:
+def test_cube_store_is_zarr_v3_with_zstd_and_512_chunks(written_cube: Path) -> None:
     metadata = json.loads((written_cube / "height" / "zarr.json").read_text())
     assert metadata["zarr_format"] == 3
-    assert metadata["chunk_grid"]["configuration"]["chunk_shape"] == [TILE, TILE]
+    assert metadata["chunk_grid"]["configuration"]["chunk_shape"] == [512, 512]
     assert [codec["name"] for codec in metadata["codecs"]] == ["bytes", "zstd"]
     assert json.loads((written_cube / "zarr.json").read_text()).get("consolidated_metadata") is None
     chunks = written_cube / "height"
+    # Only chunks holding data are stored: the demo covers two chunks of the tile.
     assert sorted(str(p.relative_to(chunks)) for p in (chunks / "c").rglob("*") if p.is_file()) == [
-        "c/0/0",
-        "c/0/1",
-        "c/1/0",
-        "c/1/1",
+        "c/2/3",
+        "c/3/3",
     ]
 
 
@@ -451,59 +369,16 @@ def test_cube_opens_in_gdal_with_the_moon_crs_and_transform(
     assert iau_code(crs) == "IAU_2015:30110"
     # GDAL derives the transform from the x/y coordinate arrays: equal to ~1e-13 relative.
     assert np.allclose(tuple(transform), tuple(demo_cube.rio.transform()), rtol=1e-12, atol=1e-6)
-    assert np.array_equal(values, expected_heights(demo_heights_dn()), equal_nan=True)
-
-
-def test_write_cube_never_replaces_an_existing_cube(
-    demo_cube: xr.Dataset, written_cube: Path
-) -> None:
-    before = sha256_tree(written_cube)
-    with pytest.raises(FileExistsError):
-        write_cube(demo_cube, zarr.storage.LocalStore(written_cube))
-    assert sha256_tree(written_cube) == before
-
-
-def test_cube_summary_describes_the_demo_cube(demo_cube: xr.Dataset, written_cube: Path) -> None:
-    summary = cube_summary(demo_cube)
-    dn = demo_heights_dn()
-    heights = dn[dn != NODATA] * 0.5
-    assert summary.variable == "height"
-    assert summary.shape == (2 * TILE, 2 * TILE)
-    assert summary.transform == tuple(demo_cube.rio.transform())[:6]
-    assert summary.transform[0] == pytest.approx(59.2253, abs=1e-4)
-    assert summary.proj_code == "IAU_2015:30110"
-    assert summary.projjson["id"] == {"authority": "IAU", "code": 30110, "version": 2015}
-    assert summary.bbox == (-52.5, 42.5, -51.5, 43.5)
-    assert summary.geometry["type"] == "Polygon"
-    assert summary.height_min_m == heights.min()
-    assert summary.height_max_m == heights.max()
-    assert summary.height_mean_m == pytest.approx(heights.mean())
-    assert summary.nodata_fraction == np.count_nonzero(dn == NODATA) / dn.size
-    assert summary.chunk_shape == (TILE, TILE)
-    assert summary.dtype == "float32"
-    assert (
-        cube_summary(xr.open_zarr(written_cube, decode_coords="all", consolidated=False)) == summary
-    )
-
-
-def test_cube_summary_of_an_all_nodata_cube_has_no_statistics() -> None:
-    empty = build_cube(grid_tile(np.full((4, 4), np.nan), x0=0.0, y0=400.0), name="height")
-    summary = cube_summary(empty)
-    assert summary.nodata_fraction == 1.0
-    assert (summary.height_min_m, summary.height_max_m, summary.height_mean_m) == (
-        None,
-        None,
-        None,
-    )
+    assert np.array_equal(values, expected_west_tile(), equal_nan=True)
 
 
 def test_cube_writes_through_obstore_and_pickles(demo_cube: xr.Dataset, tmp_path: Path) -> None:
     store = zarr.storage.ObjectStore(obstore.store.LocalStore(str(tmp_path)))
-    write_cube(pickle.loads(pickle.dumps(demo_cube)), pickle.loads(pickle.dumps(store)))
-    back = xr.open_zarr(store, decode_coords="all", consolidated=False)
-    assert np.array_equal(
-        back["height"].values, expected_heights(demo_heights_dn()), equal_nan=True
+    write_tile(
+        pickle.loads(pickle.dumps(demo_cube)), pickle.loads(pickle.dumps(store)), overviews=False
     )
+    back = xr.open_zarr(store, decode_coords="all", consolidated=False)
+    assert np.array_equal(back["height"].values, expected_west_tile(), equal_nan=True)
     assert iau_code(back.rio.crs) == "IAU_2015:30110"
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "height",
@@ -516,13 +391,11 @@ def test_cube_writes_through_obstore_and_pickles(demo_cube: xr.Dataset, tmp_path
 
 @pytest.mark.filterwarnings(NOT_GEOREFERENCED_IN_WARP)
 def test_cube_write_on_dask_threads(demo_tiles: list[xr.DataArray], tmp_path: Path) -> None:
-    cube = build_cube(mosaic(demo_tiles), name="height")
+    cube = west_tile(demo_tiles)
     with dask.config.set(scheduler="threads"):
-        write_cube(cube, zarr.storage.LocalStore(tmp_path / "dem.zarr"))
+        write_tile(cube, zarr.storage.LocalStore(tmp_path / "dem.zarr"), overviews=False)
     back = xr.open_zarr(tmp_path / "dem.zarr", decode_coords="all", consolidated=False)
-    assert np.array_equal(
-        back["height"].values, expected_heights(demo_heights_dn()), equal_nan=True
-    )
+    assert np.array_equal(back["height"].values, expected_west_tile(), equal_nan=True)
 
 
 def test_build_cube_refuses_a_name_that_is_not_an_identifier(demo_cube: xr.Dataset) -> None:

@@ -26,14 +26,17 @@ import xlrd  # type: ignore[import-untyped]
 from lunarchive.processing import samples
 from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
 from lunarchive.processing.demo_archive import write_demo_archive
-from lunarchive.processing.readers import read_specimens
 from lunarchive.processing.samples import (
     SourceRow,
     analyses_from_parquet,
     analyses_parquet_bytes,
     analyses_to_parquet,
     check_drop_files,
+    check_oxide_totals,
+    merge_drop_entries,
+    merge_rows,
     normalise_value,
+    oxide_totals,
     read_csv_rows,
     read_drop_manifest,
     read_json_rows,
@@ -250,15 +253,17 @@ def test_demo_specimens_validate_fully(tmp_path: Path) -> None:
     write_demo_archive(tmp_path)
     data = (tmp_path / "samples" / "specimens.csv").read_bytes()
     valid, rejected = validate_specimens(read_csv_rows(data, file="specimens.csv"), source="demo")
-    legacy = read_specimens(data, source="specimens.csv")
-    assert (len(valid), rejected) == (len(legacy), []) and len(valid) == 12
-    for specimen, record in zip(valid, legacy, strict=True):
+    # independently, with the csv module: the same rows, the same numbers
+    records = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    assert (len(valid), rejected) == (len(records), []) and len(valid) == 12
+    for specimen, record in zip(valid, records, strict=True):
         assert specimen.sample_id == record["sample_id"]
         assert specimen.location is not None
+        lon = float(record["lon_deg"])
         assert (specimen.location.lat_deg, specimen.location.lon_deg) == (
-            record["lat_deg"], record["lon_deg"],
+            float(record["lat_deg"]), lon - 360 if lon > 180 else lon,
         )  # fmt: skip
-        assert specimen.mass_g == record["mass_g"]
+        assert specimen.mass_g == float(record["mass_g"])
         assert specimen.mission == record["mission"]
     grain = valid[-1]
     assert (grain.sample_id, grain.parent_id, grain.level) == (
@@ -706,3 +711,197 @@ def test_drop_manifest_and_its_checksums() -> None:
 def test_bad_drop_manifests_are_refused_with_the_field(data: bytes, says: str) -> None:
     with pytest.raises(ProductRejected, match=says):
         read_drop_manifest(data, file="manifest.json")
+
+
+# ---------------------------------------------------------------------------------------------
+# Oxide totals: a check across the rows of one analysis
+
+OXIDE_HEADER = ["sample_id", "material", "mineral", "spot_id", "technique", "analyte", "value"]
+OXIDE_HEADER += ["unit", "table_in_ref", "detection"]
+
+
+def oxide_rows(
+    spot: str, technique: str, oxides: dict[str, str], *, material: str = "mineral"
+) -> list[dict[str, str]]:
+    """One analysis of 70017 in long form: a row per oxide."""
+    return [
+        {"sample_id": "70017", "material": material, "mineral": "pyroxene", "spot_id": spot,
+         "technique": technique, "analyte": analyte, "value": value, "unit": "wt%",
+         "table_in_ref": "2", "detection": ""}
+        for analyte, value in oxides.items()
+    ]  # fmt: skip
+
+
+def oxide_table(*analyses: list[dict[str, str]]) -> list[SourceRow]:
+    rows = [row for analysis in analyses for row in analysis]
+    return read_csv_rows(_csv(OXIDE_HEADER, rows, {}), file="oxides.csv")
+
+
+def test_moondb_analyses_are_partial_and_never_flagged(
+    long_csv: tuple[list[Analysis], list[RowError]], moondb: Path
+) -> None:
+    # INAA measures no silicon: the real anorthosite analyses hold 2 to 7 oxides, no SiO2
+    raw = [r for r in _dicts(moondb / "moondb_0623_rocks_long.csv") if r["unit"] == "wt%"]
+    per_split = Counter(r["specimen"] for r in raw)
+    assert (len(raw), min(per_split.values()), max(per_split.values())) == (51, 2, 7)
+    assert not any(r["analyte"] == "SiO2" for r in raw)
+    assert oxide_totals(long_csv[0]) == []
+    kept, errors, warned = check_oxide_totals(long_csv[0])
+    assert (kept, errors, warned) == (long_csv[0], [], [])
+    rows = read_moondb_submission((moondb / "MoonDB_0623.xls").read_bytes(), file="MoonDB_0623.xls")
+    valid, _ = validate_analyses(rows, source=DROP, dataset="moondb:0623")
+    assert oxide_totals(valid) == []
+
+
+@pytest.mark.parametrize(
+    ("technique", "oxides", "total", "window", "verdict"),
+    [
+        # a clinopyroxene by EPMA, 99.91 wt%: inside 97-101.5
+        ("EPMA", {"SiO2": "50.12", "TiO2": "1.20", "Al2O3": "2.05", "FeO": "18.04",
+                  "MnO": "0.30", "MgO": "15.70", "CaO": "12.20", "Na2O": "0.30"},
+         99.91, (97.0, 101.5), "ok"),
+        # 96.4 wt%: fine for a bulk analysis (95-102), low for a microprobe spot
+        ("XRF", {"SiO2": "40.1", "TiO2": "10.2", "Al2O3": "9.1", "FeO": "18.5", "MgO": "8.1",
+                 "CaO": "10.4"}, 96.4, (95.0, 102.0), "ok"),
+        ("EPMA", {"SiO2": "40.1", "TiO2": "10.2", "Al2O3": "9.1", "FeO": "18.5", "MgO": "8.1",
+                  "CaO": "10.4"}, 96.4, (97.0, 101.5), "warning"),
+        ("EPMA", {"SiO2": "45.0", "Al2O3": "2.0", "FeO": "15.0", "MgO": "14.0", "CaO": "10.0"},
+         86.0, (97.0, 101.5), "warning"),
+        ("XRF", {"SiO2": "40.1", "TiO2": "10.2", "Al2O3": "9.1", "FeO": "18.5", "MgO": "8.1",
+                 "CaO": "10.4", "Na2O": "7.0"}, 103.4, (95.0, 102.0), "warning"),
+        # a value typed ten times too large: more than the whole sample
+        ("XRF", {"SiO2": "47.8", "Al2O3": "27.0", "FeO": "17.8", "MgO": "10.0", "CaO": "10.4"},
+         113.0, (95.0, 102.0), "rejected"),
+    ],
+)  # fmt: skip
+def test_oxide_totals_by_technique(
+    technique: str, oxides: dict[str, str], total: float, window: tuple[float, float], verdict: str
+) -> None:
+    material = "mineral" if technique == "EPMA" else "whole_rock"
+    rows = oxide_table(oxide_rows("s1", technique, oxides, material=material))
+    valid, errors = validate_analyses(rows, source="t")
+    assert errors == [] and len(valid) == len(oxides)
+    (found,) = oxide_totals(valid)
+    assert found.total == pytest.approx(total) and found.window == window
+    kept, refused, warned = check_oxide_totals(valid, rows)
+    numbers = list(range(2, 2 + len(oxides)))
+    if verdict == "ok":
+        assert (kept, refused, warned) == (valid, [], [])
+    elif verdict == "warning":
+        (warning,) = warned
+        assert (kept, refused) == (valid, [])
+        assert (warning.file, warning.rows, warning.rule) == (
+            "oxides.csv",
+            tuple(numbers),
+            "oxide_total",
+        )
+        assert warning.value == f"{total:.2f} wt%"
+        assert warning.message.startswith(
+            f"rows {', '.join(map(str, numbers))}: the major oxides of sample 70017 ({material}, "
+            f"table 2) add up to {total:.2f} wt% ("
+        )
+        low, high = window
+        assert f"analysis adds up to {low:g}-{high:g} wt%. The rows are kept" in warning.message
+    else:
+        assert (kept, warned) == ([], [])
+        assert [(e.row, e.column, e.rule) for e in refused] == [
+            (n, "value", "oxide_total") for n in numbers
+        ]
+        assert refused[0].message.startswith(f"row 2, column value: rows {numbers[0]}, ")
+        assert "113.00 wt%" in refused[0].message and "more than 105 wt% cannot be" in (
+            refused[0].message
+        )
+
+
+def test_oxide_totals_count_iron_once_and_skip_what_is_not_one_analysis() -> None:
+    base = {"SiO2": "50.0", "Al2O3": "2.0", "MgO": "15.0", "CaO": "12.0"}
+    # FeO + Fe2O3 given: FeO_T (the same iron) is not added again
+    iron = oxide_rows("s1", "EPMA", base | {"FeO": "16.0", "Fe2O3": "2.0", "FeO_T": "17.8"})
+    below = oxide_rows("s2", "EPMA", base | {"FeO": "19.0", "Na2O": "<0.05"})
+    partial = oxide_rows("s3", "EPMA", {"SiO2": "50.0", "MgO": "15.0", "CaO": "12.0"})
+    rows = oxide_table(iron, below, partial)
+    valid, errors = validate_analyses(rows, source="t")
+    assert errors == []
+    totals = {found.analyses[0].spot_id: found.total for found in oxide_totals(valid)}
+    assert totals == {"s1": pytest.approx(97.0), "s2": pytest.approx(98.0)}
+    doubled = [
+        Analysis.model_validate(a.model_dump() | {"spot_id": "s4", "analysis_id": f"x{i}"})
+        for i, a in enumerate(v for v in valid if v.spot_id == "s2" and v.analyte != "Na2O")
+    ]
+    assert [found.total for found in oxide_totals(doubled)] == [pytest.approx(98.0)]
+    extra = doubled[0].model_copy(update={"analysis_id": "x-extra"})
+    assert oxide_totals([*doubled, extra]) == []  # SiO2 twice: not one analysis
+
+
+# ---------------------------------------------------------------------------------------------
+# Lunar meteorites: the find year or date is their time
+
+
+@pytest.mark.parametrize(
+    ("cells", "column", "rule"),
+    [
+        ({"sample_id": "NWA 032", "mission": "Lunar meteorite"}, "found_year", "found_required"),
+        ({"sample_id": "NWA 032", "mission": "Lunar meteorite", "found_year": "1999",
+          "found_date": "2000-01-12"}, "found_date", "found_consistent"),
+        ({"sample_id": "NWA 032", "mission": "Lunar meteorite", "found_year": "99"},
+         "found_year", "year_format"),
+        ({"sample_id": "70017", "found_year": "1999"}, "found_year", "found_consistent"),
+    ],
+)  # fmt: skip
+def test_lunar_meteorites_say_when_they_were_found(
+    cells: dict[str, str], column: str, rule: str
+) -> None:
+    row = SourceRow(file="m.csv", row=2, cells=cells)
+    valid, (error,) = validate_specimens([row], source="t")
+    assert valid == [] and (error.column, error.rule) == (column, rule)
+    assert error.message.startswith(f"row 2, column {column}: ")
+
+
+def test_lunar_meteorite_find_dates_round_trip() -> None:
+    rows = [
+        SourceRow(file="m.csv", row=2, cells={"sample_id": "NWA 032", "mission": "Lunar meteorite",
+                                              "found_year": "1999"}),
+        SourceRow(file="m.csv", row=3, cells={"sample_id": "ALHA81005",
+                                              "mission": "Lunar meteorite",
+                                              "found_date": "1982-01-18"}),
+    ]  # fmt: skip
+    valid, errors = validate_specimens(rows, source="t")
+    assert errors == []
+    assert [(s.found_year, s.found_date) for s in valid] == [
+        (1999, None), (None, date(1982, 1, 18)),
+    ]  # fmt: skip
+    assert specimens_from_geoparquet(specimens_geoparquet_bytes(valid)) == sorted(
+        valid, key=lambda s: s.sample_id
+    )
+    validator = jsonschema.Draft202012Validator(contract("specimen"))
+    for specimen in valid:
+        validator.validate(specimen.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Supersession: the row of the later drop stays
+
+
+def test_supersession_follows_when_the_drops_were_received() -> None:
+    def specimen(drop: str, mass: float) -> Specimen:
+        source = {"drop": drop, "file": "s.csv", "row": 2}
+        return Specimen.model_validate(
+            {"sample_id": "70017", "mission": "Apollo 17", "mass_g": mass, "source": source}
+        )
+
+    old, new = specimen("lab/a-embargoed", 100.0), specimen("lab/b-public", 200.0)
+    drops = [
+        {"drop": "lab/a-embargoed", "received": "2026-01-01T00:00:00.000000+00:00"},
+        {"drop": "lab/b-public", "received": "2026-02-01T00:00:00.000000+00:00"},
+    ]
+    # the older row arrives last (an embargo lifted): the newer one stays
+    assert merge_rows(([new], []), ([old], []), drops) == ((new,), ())
+    # the newer row arrives last: it supersedes
+    assert merge_rows(([old], []), ([new], []), drops) == ((new,), ())
+    # a drop recorded without a time ranks first; rows of dropped drops leave
+    assert merge_rows(([new], []), ([old], []), drops[:1]) == ((old,), ())
+    assert merge_rows(([new], []), ([], []), drops, without=frozenset({"lab/b-public"})) == (
+        (),
+        (),
+    )
+    assert merge_drop_entries(drops, [drops[0] | {"embargo_lifted": "x"}]) == drops

@@ -1,5 +1,6 @@
-"""The embedded search engine: CQL2 (text and JSON), bbox, datetime, collections and limit
-over a small lunar stac-geoparquet file, and the R17 refusals (RELIABILITY.md).
+"""The embedded search engine: CQL2 (text and JSON), bbox, intersects, datetime, collections,
+ids, sortby, fields, limit and paging over a small lunar stac-geoparquet file, the R17
+refusals (RELIABILITY.md), and ``lunarchive search`` over a published release.
 
 Every test asserts the exact ids returned, or the exact error, never just "no exception".
 """
@@ -9,19 +10,27 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import cql2
+import pyarrow.parquet as pq
 import pystac
 import pytest
-from stac_geoparquet.arrow import parse_stac_items_to_arrow, to_parquet
+import shapely
+import shapely.geometry
+from stac_geoparquet.arrow import parse_stac_items_to_arrow, stac_table_to_items, to_parquet
+from typer.testing import CliRunner
 
 from lunarchive.catalog import _cql2sql
-from lunarchive.catalog.search import SearchQuery, search_items
+from lunarchive.catalog._search_params import apply_fields
+from lunarchive.catalog.publish import ReleaseDraft, publish_release
+from lunarchive.catalog.search import SearchQuery, next_token, search, search_items, search_page
+from lunarchive.catalog.store import open_store
+from lunarchive.flows.cli import app as cli_app
 from lunarchive.schemas.errors import InvalidFilter
 
 SSYS = "https://stac-extensions.github.io/ssys/v1.1.1/schema.json"
@@ -166,6 +175,8 @@ def ids(path: Path, **query: Any) -> set[str]:
 
 
 def ordered_ids(path: Path, **query: Any) -> list[str]:
+    """Ids in (collection, id) order, unless the query sorts otherwise."""
+    query.setdefault("sortby", "collection,id")
     return [item["id"] for item in search_items(path, SearchQuery(**query))]
 
 
@@ -174,6 +185,18 @@ def ordered_ids(path: Path, **query: Any) -> list[str]:
 
 def test_no_constraint_returns_every_item_in_collection_id_order(release: Path) -> None:
     assert ordered_ids(release) == ORDERED
+
+
+def test_default_order_is_datetime_descending_then_collection_and_id(release: Path) -> None:
+    """pgstac's default: datetime (or start_datetime) descending, ties by collection, id."""
+    found = [item["id"] for item in search_items(release, SearchQuery())]
+    assert sorted(found) == sorted(ORDERED)
+    by_id = {item["id"]: item for item in search_items(release, SearchQuery())}
+    starts = [
+        by_id[i]["properties"].get("datetime") or by_id[i]["properties"]["start_datetime"]
+        for i in found
+    ]
+    assert starts == sorted(starts, reverse=True)
 
 
 def test_items_come_back_as_stac_geoparquet_restores_them(release: Path) -> None:
@@ -190,7 +213,7 @@ def test_items_come_back_as_stac_geoparquet_restores_them(release: Path) -> None
     assert cube["bbox"] == [170.0, -20.0, -170.0, 20.0]
     assert cube["properties"]["datetime"] is None
     assert cube["properties"]["start_datetime"].startswith("2010-01-01T00:00:00")
-    assert cube["properties"]["mission"] is None  # a column other items have: restored as None
+    assert "mission" not in cube["properties"]  # a column only other items have: left out
 
 
 # --- CQL2, each operator, text and both JSON forms ------------------------------------------
@@ -669,6 +692,71 @@ def test_a_property_null_in_every_item_is_still_searchable(tmp_path: Path) -> No
     assert ids(path, filter="T_INTERSECTS(notes, DATE('2020-01-01'))") == set()
 
 
+def test_a_file_replaced_at_the_same_path_is_searched_afresh(tmp_path: Path) -> None:
+    """Searches keep a file open between calls; a new file under the old name is read anew."""
+    path = tmp_path / "items.parquet"
+    to_parquet(parse_stac_items_to_arrow(lunar_items()), path)
+    assert ids(path) == ALL
+    kept = [item for item in lunar_items() if item.id in CUBES]
+    to_parquet(parse_stac_items_to_arrow(kept), path)
+    assert ids(path) == CUBES
+    assert ids(path, bbox=(170, -90, -170, 20)) == {SEAM, SPOLE}
+
+
+def _odd_shapes() -> list[pystac.Item]:
+    """Geometries whose GeoJSON is easy to get subtly wrong, each with a proj:geometry."""
+    shapes: list[dict[str, Any]] = [
+        {"type": "Point", "coordinates": [10.5, -3.25, 1737.4]},
+        {"type": "LineString", "coordinates": [[0.1, 0.30000000000000004], [1e-20, 89.999999]]},
+        {
+            "type": "Polygon",
+            "coordinates": [
+                [[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0], [0.0, 0.0]],
+                [[1.0, 1.0], [2.0, 1.0], [2.0, 2.0], [1.0, 1.0]],
+            ],
+        },
+        {
+            "type": "MultiPolygon",
+            "coordinates": [
+                _polygon((175.0, -5.0), (180.0, -5.0), (180.0, 5.0), (175.0, -5.0)),
+                _polygon((-180.0, -5.0), (-175.0, -5.0), (-180.0, 5.0), (-180.0, -5.0)),
+            ],
+        },
+        {"type": "MultiPoint", "coordinates": [[1.0, 2.0], [3.0, 4.0]]},
+    ]
+    items = []
+    for index, geometry in enumerate(shapes):
+        points = shapely.get_coordinates(shapely.geometry.shape(geometry))
+        bbox = [*points.min(axis=0).tolist(), *points.max(axis=0).tolist()]
+        item = pystac.Item(
+            f"shape-{index}",
+            geometry,
+            bbox,
+            _when(f"2020-01-0{index + 1}T00:00"),
+            {"proj:geometry": shapes[(index + 2) % len(shapes)], "note": None},
+            collection="shapes",
+        )
+        items.append(item)
+    return items
+
+
+@pytest.mark.parametrize("make", [lunar_items, _odd_shapes], ids=["lunar", "odd-shapes"])
+def test_items_are_exactly_what_stac_geoparquet_gives(
+    tmp_path: Path, make: Callable[[], list[pystac.Item]]
+) -> None:
+    """The search turns rows into items itself (faster); the dicts must be stac-geoparquet's,
+    keys in the same order, then with the API's null rule."""
+    path = tmp_path / "items.parquet"
+    to_parquet(parse_stac_items_to_arrow(make()), path)
+    expected = sorted(
+        (apply_fields(item, None) for item in stac_table_to_items(pq.read_table(path))),
+        key=lambda item: (item["collection"], item["id"]),
+    )
+    found = search_items(path, SearchQuery(sortby="collection,id"))
+    assert json.dumps(found) == json.dumps(expected)
+    assert len(found) == len(make())
+
+
 def test_missing_file_is_not_a_filter_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no stac-geoparquet file"):
         search_items(tmp_path / "absent.parquet", SearchQuery())
@@ -680,3 +768,124 @@ def _no_stray_files(release: Path) -> Iterator[None]:
     before = sorted(release.parent.iterdir())
     yield
     assert sorted(release.parent.iterdir()) == before
+
+
+# --- ids, intersects, sortby, fields, paging ----------------------------------------------------
+
+
+def test_ids_and_intersects(release: Path) -> None:
+    assert ordered_ids(release, ids=(A17, SEAM, "absent")) == [A17, SEAM]
+    ring = [[178, -1], [182, -1], [182, 1], [178, 1], [178, -1]]  # 182 is -178: across 180
+    seam = {"type": "Polygon", "coordinates": [ring]}
+    assert ids(release, intersects=seam) == {SEAM}
+    with pytest.raises(InvalidFilter, match=r"^give bbox or intersects, not both$"):
+        search_items(release, SearchQuery(bbox=(0, 0, 1, 1), intersects=seam))
+    with pytest.raises(InvalidFilter, match=r"^intersects must be a GeoJSON geometry, not a"):
+        search_items(release, SearchQuery(intersects={"type": "Feature"}))
+
+
+def _by_mass(descending: bool) -> list[str]:
+    """The reference order: mass, nulls last ascending / first descending, then (collection,
+    id) in the same direction, as PostgreSQL orders pgstac's rows."""
+    items = [item.to_dict() for item in lunar_items()]
+    rows = [(i["properties"].get("mass_g"), i["collection"], i["id"]) for i in items]
+    known = sorted((r for r in rows if r[0] is not None), reverse=descending)
+    unknown = sorted((r for r in rows if r[0] is None), reverse=descending)
+    ordered = unknown + known if descending else known + unknown
+    return [row[2] for row in ordered]
+
+
+@pytest.mark.parametrize(
+    ("sortby", "expected"),
+    [
+        ("-collection,-id", ORDERED[::-1]),
+        ([{"field": "properties.mass_g", "direction": "asc"}], _by_mass(False)),
+        ("-mass_g", _by_mass(True)),
+    ],
+)
+def test_sortby(release: Path, sortby: Any, expected: list[str]) -> None:
+    assert ordered_ids(release, sortby=sortby) == expected
+
+
+def test_paging_walks_the_whole_order_once(release: Path) -> None:
+    seen: list[str] = []
+    token = None
+    for _ in range(10):
+        query = SearchQuery(sortby="collection,id", limit=3, token=token)
+        page = search_page(release, query)
+        seen += [item["id"] for item in page.features]
+        token = page.next
+        if token is None:
+            break
+    assert seen == ORDERED
+    with pytest.raises(InvalidFilter, match=r"^paging token '.*' belongs to another search"):
+        search_page(release, SearchQuery(sortby="-id", limit=3, token=f"3.{'0' * 16}"))
+
+
+def test_fields_and_item_collection(release: Path) -> None:
+    query = SearchQuery(ids=(A11,), fields={"include": ["properties.mass_g"]})
+    (item,) = search_items(release, query)
+    assert set(item) == {"type", "id", "collection", "links", "properties"}
+    assert item["properties"] == {"mass_g": 12.5}
+    found = search(release, SearchQuery(collections=("lola-cubes",), sortby="id", limit=2))
+    assert [i.id for i in found] == [EQUATOR, SEAM]
+    assert next_token(found) is not None
+    with pytest.raises(InvalidFilter, match=r"^these fields leave items pystac cannot read"):
+        search(release, query)
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"sortby": "nosuch"}, r"^cannot sort by unknown property 'nosuch'; sortable: "),
+        ({"sortby": 5}, r"^sortby must be text or a list, got '5'$"),
+        ({"fields": ["id"]}, r"^fields must be an object with include / exclude lists"),
+        ({"fields": {"include": [""]}}, r"^fields path '' is not a dotted name"),
+        ({"token": "garbage"}, r"^paging token 'garbage' is not one this search gave out$"),
+        ({"ids": "a"}, r"^ids must be a list of item ids, got 'a'$"),
+    ],
+)
+def test_hostile_sortby_fields_token(release: Path, query: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidFilter, match=message):
+        search_items(release, SearchQuery(**query))
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def published(release: Path, tmp_path: Path) -> str:
+    """A folder store whose current release holds the test items."""
+    store = open_store(str(tmp_path / "store"))
+    draft = ReleaseDraft(files={"items.parquet": release.read_bytes()}, shared=[])
+    assert publish_release(store, draft).published
+    return str(tmp_path / "store")
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(cli_app, ["search", *args])
+
+
+def test_cli_prints_every_page_up_to_max_items(published: str) -> None:
+    def run(*args: str) -> dict[str, Any]:
+        result = _cli("--store", published, "--json", "--sortby", "collection,id", *args)
+        assert result.exit_code == 0, result.output
+        document: dict[str, Any] = json.loads(result.stdout)
+        return document
+
+    every = run("--limit", "3")
+    assert [f["id"] for f in every["features"]] == ORDERED
+    assert "next" not in every
+    first = run("--limit", "2", "--max-items", "5")
+    assert [f["id"] for f in first["features"]] == ORDERED[:5]
+    rest = run("--limit", "2", "--token", first["next"])
+    assert [f["id"] for f in rest["features"]] == ORDERED[5:]
+    few = run("--ids", f"{A17},{SEAM}", "--fields", "id,-links")
+    assert [sorted(f) for f in few["features"]] == [["collection", "id", "type"]] * 2
+
+
+def test_cli_refuses_a_bad_sortby_in_one_line(published: str) -> None:
+    result = _cli("--store", published, "--sortby", "-nosuch")
+    assert result.exit_code == 2
+    assert "cannot sort by unknown property 'nosuch'" in result.output
+    assert "Traceback" not in result.output

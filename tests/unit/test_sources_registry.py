@@ -10,22 +10,28 @@ from typing import Any
 import jsonschema
 import pytest
 
+from lunarchive.catalog.store import FolderStore
 from lunarchive.flows.harvest_engine import (
+    HarvestRun,
     HarvestSettings,
     load_registry,
     load_source,
     product_key_id,
     raw_version_key,
+    source_credentials,
 )
 from lunarchive.flows.source_kinds._pds3_index import parse_index_label, parse_index_rows
 from lunarchive.flows.source_kinds._pds4_inventory import parse_inventory
-from lunarchive.flows.sources import check_source_url
+from lunarchive.flows.sources import Fetcher, HttpPolicy, _parsed, check_source_url
 from lunarchive.schemas.errors import ConfigurationError, SourceRefused, TransientError
 from lunarchive.schemas.sources import (
     CompletenessReport,
+    PayloadManifest,
     RunCounts,
     SourceSpec,
+    payload_manifest_json_schema,
     source_json_schema,
+    stored_payload_manifest_schema,
     stored_source_schema,
 )
 from tests.mirrors import lola
@@ -45,21 +51,37 @@ def test_the_schema_file_is_the_one_the_model_generates() -> None:
     assert stored_source_schema() == source_json_schema()
 
 
+def test_the_payload_manifest_contract_is_the_one_the_model_generates() -> None:
+    assert stored_payload_manifest_schema() == payload_manifest_json_schema()
+
+
 @pytest.mark.parametrize("name", sorted(registry_documents()))
 def test_every_registry_file_validates_against_the_schema_and_the_model(name: str) -> None:
     document = registry_documents()[name]
     jsonschema.Draft202012Validator(stored_source_schema()).validate(document)
     spec = SourceSpec.model_validate(document)
     assert f"{spec.name}.json" == name
-    assert spec.base_url.startswith("https://")  # the real public archive, not a mirror
+    assert spec.base_url is not None  # the real public archive, not a mirror
+    assert spec.base_url.startswith("https://")
 
 
-def test_the_registry_holds_the_two_step_one_sources_with_their_access_patterns() -> None:
+def test_the_registry_holds_the_sources_with_their_access_patterns() -> None:
     specs = {spec.name: spec for spec in load_registry()}
     assert {name: spec.kind for name, spec in specs.items()} == {
         "lola-gdr": "pds3-index",
         "m3": "pds4-inventory",
+        "lola-gdr-api": "pds4-search-api",
+        "kaguya-tc-dtm": "http-listing",
+        "kaguya-mi-map": "http-listing",
+        "lroc-wac-gld100": "s3-prefix",
+        "clpds-ce2-dom": "http-listing",
     }
+    assert specs["clpds-ce2-dom"].credentials_setting == "LUNARCHIVE_CLPDS_CREDENTIALS"
+    assert all(
+        spec.notes and "UNVERIFIED" in spec.notes
+        for spec in specs.values()
+        if spec.name not in ("lola-gdr", "m3")
+    )
     assert specs["lola-gdr"].base_url == (
         "https://pds-geosciences.wustl.edu/lro/lro-l-lola-3-rdr-v1/lrolol_1xxx/"
     )
@@ -76,7 +98,11 @@ def lola_document() -> dict[str, Any]:
         ({"base_url": "ftp://example.org/x/"}, "String should match pattern"),
         ({"base_url": "https://example.org/no-trailing-slash"}, "String should match pattern"),
         ({"access": {"kind": "pds3-index", "index_label": "../etc/passwd"}}, "relative path"),
-        ({"access": {"kind": "s3-prefix"}}, "does not match any of the expected tags"),
+        ({"access": {"kind": "ftp-mirror"}}, "does not match any of the expected tags"),
+        ({"access": {"kind": "s3-prefix", "prefixes": ["a/b"]}}, "must end with '/'"),
+        ({"access": {"kind": "http-listing", "datasets": ["x"], "suffixes": ["IMG"]}}, "suffix"),
+        ({"access": {"kind": "partner-inbox", "partner": "p-1"}}, "it has no base_url"),
+        ({"base_url": None}, "needs a base_url"),
         ({"cadence_days": 0}, "greater than 0"),
         ({"credentials_setting": "my-token-value"}, "String should match pattern"),
     ],
@@ -194,3 +220,116 @@ def test_the_stale_flag_comes_from_the_cadence() -> None:
     )
     assert report.flags_at(changed + timedelta(days=30)) == ("inventory-shrank",)
     assert report.flags_at(changed + timedelta(days=31)) == ("inventory-shrank", "stale")
+
+
+# --- the payload manifest, listings, credentials --------------------------------------------
+
+
+def payload_document() -> dict[str, Any]:
+    return {
+        "kind": "payload",
+        "partner": "cubesat-team",
+        "mission": "m",
+        "instrument": "i",
+        "contact": "a@b.org",
+        "licence": "CC-BY-4.0",
+        "created": "2026-06-01T00:00:00Z",
+        "products": [
+            {
+                "product_id": "dem",
+                "version": "1",
+                "format": "geotiff",
+                "label": "dem.tif",
+                "files": [{"path": "dem.tif", "sha256": "a" * 64, "size": 3}],
+            }
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "samples"}, "Input should be 'payload'"),
+        ({"label": "other.tif"}, "is not one of the product's files"),
+        ({"format": "pds4"}, "label must end in .xml"),
+        ({"files": [{"path": "../dem.tif", "sha256": "a" * 64, "size": 3}]}, "String should match"),
+        ({"files": [{"path": "dem.tif", "sha256": "A" * 64, "size": 3}]}, "String should match"),
+    ],
+)
+def test_bad_payload_manifests_are_refused_by_the_model_and_the_contract(
+    change: dict[str, Any], message: str
+) -> None:
+    document = payload_document()
+    if "kind" in change:
+        document.update(change)
+    else:
+        document["products"][0].update(change)
+    with pytest.raises(ValueError, match=message):
+        PayloadManifest.model_validate(document)
+    if "label" not in change and "format" not in change:  # cross-field rules are the model's
+        validator = jsonschema.Draft202012Validator(stored_payload_manifest_schema())
+        assert not validator.is_valid(json.loads(json.dumps(document)))
+
+
+def test_a_good_payload_manifest_passes_both() -> None:
+    document = payload_document()
+    jsonschema.Draft202012Validator(stored_payload_manifest_schema()).validate(document)
+    assert PayloadManifest.model_validate(document).products[0].files[0].size == 3
+
+
+def test_listing_text_beside_each_link_is_kept_as_its_change_signal() -> None:
+    page = (
+        b'<pre><a href="../">Parent Directory</a>\n<a href="a.img">a.img</a>  '
+        b'15-Sep-2017 12:00  2.0M\n<a href="b.lbl">b.lbl</a> 01-Jun-2026 00:00 9K\n</pre>'
+    )
+    parsed = _parsed(page)
+    details = [" ".join("".join(parts).split()) for parts in parsed.details]
+    assert parsed.hrefs == ["../", "a.img", "b.lbl"]
+    assert details == ["", "15-Sep-2017 12:00 2.0M", "01-Jun-2026 00:00 9K"]
+
+
+def test_credentials_come_from_the_named_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_source("clpds-ce2-dom")
+    monkeypatch.delenv("LUNARCHIVE_CLPDS_CREDENTIALS", raising=False)
+    assert source_credentials(spec) is None
+    monkeypatch.setenv("LUNARCHIVE_CLPDS_CREDENTIALS", "Cookie: SESSION=x")
+    assert source_credentials(spec) == ("Cookie", "SESSION=x")
+    monkeypatch.setenv("LUNARCHIVE_CLPDS_CREDENTIALS", "just-a-token")
+    with pytest.raises(ConfigurationError, match="expected 'Header-Name: value'"):
+        source_credentials(spec)
+
+
+def test_the_fetcher_spaces_requests_to_one_host_by_the_source_interval() -> None:
+    now = [100.0]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    fetcher = Fetcher(HttpPolicy(min_interval_s=30), sleep=sleep, clock=lambda: now[0])
+    try:
+        for _ in range(3):
+            fetcher._space("data.darts.isas.jaxa.jp")
+        fetcher._space("pds.mcp.nasa.gov")  # another host is not held back
+        now[0] += 45
+        fetcher._space("data.darts.isas.jaxa.jp")
+    finally:
+        fetcher.close()
+    assert waits == [30.0, 30.0]
+
+
+def test_a_source_pace_reaches_its_fetcher(tmp_path: Path) -> None:
+    run = HarvestRun.open(
+        load_source("kaguya-tc-dtm"),
+        FolderStore(tmp_path),
+        settings=HarvestSettings(harvest_staging_dir=tmp_path / "staging", harvest_per_host=4),
+        allow_local=False,
+        timeout_s=10,
+        max_bytes=1024,
+    )
+    try:
+        policy = run.ctx.fetcher.policy
+        assert (policy.min_interval_s, policy.per_host, policy.needs_login) == (30.0, 1, False)
+    finally:
+        run.close()

@@ -11,8 +11,10 @@ import hashlib
 import io
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -44,6 +46,7 @@ from lunarchive.processing.tiles import (
     open_bands,
     order_layers,
     split_at_antimeridian,
+    tile_identity,
 )
 from lunarchive.schemas.errors import ProductRejected
 
@@ -103,6 +106,7 @@ def nearest_source(
     """The source value under each tile pixel centre, and whether that pixel is unambiguous
     (its centre is not within 0.15 pixel of a source pixel edge) and inside."""
     xs, ys = pixel_centres(tile, rows, cols)
+    assert tile.geobox.crs is not None
     to_source = pyproj.Transformer.from_crs(tile.geobox.crs.to_wkt(), crs, always_xy=True)
     sx, sy = to_source.transform(xs, ys)
     col_f, row_f = ~transform * (np.asarray(sx), np.asarray(sy))
@@ -335,6 +339,46 @@ def test_order_is_deterministic_on_ties() -> None:
     assert [x.product_id for x in order_layers([a, b], "finest")] == ["a", "b"]
 
 
+@dataclass(frozen=True)
+class Known:
+    """What the flow knows of an input before reading it."""
+
+    product_id: str
+    acquired: datetime | None
+    resolution_m: float
+    checksum: str | None
+
+
+@pytest.mark.parametrize("rule", ["newest", "finest"])
+def test_tile_identity_from_facts_is_the_fingerprint_the_build_gives(rule: str) -> None:
+    old, new = overlapping_pair()
+    tile = named_grid("moon-eqc-16").tile("r000c002")
+    cube = build_tile([old, new], tile, rule=rule)  # type: ignore[arg-type]
+    facts = [Known(x.product_id, x.acquired, x.resolution_m, x.checksum) for x in (old, new)]
+    ordered, fingerprint = tile_identity(
+        facts,
+        tile,
+        variable="height",
+        resampling="bilinear",
+        rule=rule,  # type: ignore[arg-type]
+    )
+    assert fingerprint == cube.attrs["lunarchive:fingerprint"]
+    assert [f.product_id for f in ordered] == [
+        i["product_id"] for i in cube.attrs["lunarchive:inputs"]
+    ]
+    changed = [facts[0], Known("new", new.acquired, new.resolution_m, "other-bytes")]
+    assert (
+        tile_identity(
+            changed,
+            tile,
+            variable="height",
+            resampling="bilinear",
+            rule=rule,  # type: ignore[arg-type]
+        )[1]
+        != fingerprint
+    )
+
+
 # --- storage: CRS read back, overviews, statistics, quicklook ------------------------------
 
 
@@ -371,7 +415,8 @@ def test_overviews_are_child_groups_listed_in_multiscales(ldem_tiles: dict[str, 
     full = open_tile(store)["height"].values
     half = open_tile(store, level=1)["height"].values
     assert half[10, 20] == pytest.approx(full[20:22, 40:42].mean(), rel=1e-6)
-    assert zarr.open_group(store, mode="r").attrs["zarr_conventions"][0]["name"] == "multiscales"
+    conventions: Any = zarr.open_group(store, mode="r").attrs.asdict()["zarr_conventions"]
+    assert conventions[0]["name"] == "multiscales"
 
 
 def test_statistics_match_numpy(real: Path, ldem_tiles: dict[str, Path]) -> None:
