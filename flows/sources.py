@@ -48,6 +48,7 @@ __all__ = [
     "Fetcher",
     "HttpPolicy",
     "RemoteFile",
+    "check_peer",
     "check_source_url",
     "describe_file",
     "fetch",
@@ -92,19 +93,42 @@ def check_source_url(url: str, *, allow_local: bool) -> None:
     except socket.gaierror as exc:
         raise TransientError(f"{url}: cannot resolve {parsed.hostname}: {exc}") from exc
     for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if address.is_loopback and allow_local:
-            continue
-        if address.is_loopback:
-            raise SourceRefused(
-                f"{url}: {parsed.hostname} resolves to {address}, a loopback address (rule "
-                "R14; LUNARCHIVE_ALLOW_LOCAL_SOURCES=true is for local mirrors only)"
-            )
-        if not address.is_global or address.is_multicast:
-            raise SourceRefused(
-                f"{url}: {parsed.hostname} resolves to {address}, a private, link-local or "
-                "reserved address (rule R14: sources must be public hosts)"
-            )
+        _check_address(url, parsed.hostname, ipaddress.ip_address(info[4][0]), allow_local)
+
+
+def _check_address(
+    url: str, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address, allow_local: bool
+) -> None:
+    if address.is_loopback and allow_local:
+        return
+    if address.is_loopback:
+        raise SourceRefused(
+            f"{url}: {host} resolves to {address}, a loopback address (rule "
+            "R14; LUNARCHIVE_ALLOW_LOCAL_SOURCES=true is for local mirrors only)"
+        )
+    if not address.is_global or address.is_multicast:
+        raise SourceRefused(
+            f"{url}: {host} resolves to {address}, a private, link-local or "
+            "reserved address (rule R14: sources must be public hosts)"
+        )
+
+
+def check_peer(url: str, response: httpx.Response, *, allow_local: bool) -> None:
+    """The address the connection really reached passes the same rule as the name did.
+
+    Closes the gap between :func:`check_source_url` and the connection (a name that resolves
+    to a public address for the check and to a private one for the connection, "DNS
+    rebinding"): the request has been sent by then, but nothing it answers is read or kept.
+    """
+    stream = response.extensions.get("network_stream")
+    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    if not peer:
+        return  # no socket to ask (not a TCP transport): the name check stands alone
+    try:
+        _check_address(url, str(peer[0]), ipaddress.ip_address(peer[0]), allow_local)
+    except SourceRefused:
+        response.close()
+        raise
 
 
 class CredentialsRequired(LunarchiveError, PermissionError):
@@ -185,6 +209,7 @@ def _get(
             response = client.send(client.build_request("GET", url, headers=sent), stream=True)
         except httpx.TransportError as exc:
             raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        check_peer(url, response, allow_local=allow_local)
         location = response.headers.get("location")
         if response.status_code not in _REDIRECTS or not location:
             _raise_for_status(url, response, ok, login=login or credentials is not None)
