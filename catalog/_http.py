@@ -22,7 +22,7 @@ import httpx
 from lunarchive.catalog.store import check_key
 from lunarchive.schemas.errors import SourceRefused, TransientError
 
-__all__ = ["HttpTree", "check_http_url"]
+__all__ = ["HttpTree", "check_http_peer", "check_http_url"]
 
 _MAX_REDIRECTS = 5
 _BLOCK = 1024 * 1024
@@ -46,6 +46,27 @@ def check_http_url(url: str, *, allow_local: bool) -> None:
                 f"{url}: {parsed.hostname} resolves to {address}, a loopback, private or "
                 "link-local address (rule R14; allowed only for local mirrors)"
             )
+
+
+def check_http_peer(url: str, response: httpx.Response, *, allow_local: bool) -> None:
+    """The address the connection really reached passes the same rule as the name did.
+
+    A name may resolve to a public address for :func:`check_http_url` and to a private one for
+    the connection (DNS rebinding); nothing such a peer answers is read.
+    """
+    if allow_local:
+        return
+    stream = response.extensions.get("network_stream")
+    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    if not peer:
+        return  # no socket to ask (not a TCP transport): the name check stands alone
+    address = ipaddress.ip_address(peer[0])
+    if not address.is_global or address.is_multicast:
+        response.close()
+        raise SourceRefused(
+            f"{url}: the connection reached {address}, a loopback, private or link-local "
+            "address (rule R14; allowed only for local mirrors)"
+        )
 
 
 class HttpTree:
@@ -122,6 +143,7 @@ class HttpTree:
                 response = self.client.send(request, stream=True)
             except httpx.HTTPError as exc:
                 raise TransientError(f"{url}: {exc}") from exc
+            check_http_peer(url, response, allow_local=self.allow_local)
             if not response.is_redirect:
                 try:
                     _raise_for_status(url, response)

@@ -77,3 +77,22 @@ def test_the_same_connection_is_accepted_when_local_sources_are_allowed(
             assert response.read() == BODY
         finally:
             response.close()
+
+
+def test_a_sync_source_rebound_to_loopback_is_refused_after_connecting(
+    local_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lunarchive.catalog import _http
+
+    def public(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", port))]
+
+    shim = SimpleNamespace(getaddrinfo=public, gaierror=OSError, SOCK_STREAM=socket.SOCK_STREAM)
+    monkeypatch.setattr(_http, "socket", shim)
+    tree = _http.HttpTree(f"http://localhost:{local_port}/release/")
+    try:
+        with pytest.raises(SourceRefused) as refused:
+            tree.read("releases/latest.json", limit=1024)
+    finally:
+        tree.close()
+    assert "127.0.0.1" in str(refused.value) and "R14" in str(refused.value)
