@@ -22,7 +22,7 @@ import httpx
 from lunarchive.catalog.store import check_key
 from lunarchive.schemas.errors import SourceRefused, TransientError
 
-__all__ = ["HttpTree", "check_http_peer", "check_http_url"]
+__all__ = ["HttpTree", "check_http_peer", "check_http_url", "connected_address"]
 
 _MAX_REDIRECTS = 5
 _BLOCK = 1024 * 1024
@@ -48,6 +48,15 @@ def check_http_url(url: str, *, allow_local: bool) -> None:
             )
 
 
+def connected_address(
+    response: httpx.Response,
+) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address the connection behind ``response`` really reached, if a socket tells."""
+    stream = response.extensions.get("network_stream")
+    peer = stream.get_extra_info("server_addr") if stream is not None else None
+    return ipaddress.ip_address(peer[0]) if peer else None
+
+
 def check_http_peer(url: str, response: httpx.Response, *, allow_local: bool) -> None:
     """The address the connection really reached passes the same rule as the name did.
 
@@ -56,11 +65,9 @@ def check_http_peer(url: str, response: httpx.Response, *, allow_local: bool) ->
     """
     if allow_local:
         return
-    stream = response.extensions.get("network_stream")
-    peer = stream.get_extra_info("server_addr") if stream is not None else None
-    if not peer:
+    address = connected_address(response)
+    if address is None:
         return  # no socket to ask (not a TCP transport): the name check stands alone
-    address = ipaddress.ip_address(peer[0])
     if not address.is_global or address.is_multicast:
         response.close()
         raise SourceRefused(

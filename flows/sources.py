@@ -35,6 +35,7 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import httpx
 
+from lunarchive.catalog._http import connected_address
 from lunarchive.schemas.errors import (
     LunarchiveError,
     ProductRejected,
@@ -120,12 +121,11 @@ def check_peer(url: str, response: httpx.Response, *, allow_local: bool) -> None
     to a public address for the check and to a private one for the connection, "DNS
     rebinding"): the request has been sent by then, but nothing it answers is read or kept.
     """
-    stream = response.extensions.get("network_stream")
-    peer = stream.get_extra_info("server_addr") if stream is not None else None
-    if not peer:
+    address = connected_address(response)
+    if address is None:
         return  # no socket to ask (not a TCP transport): the name check stands alone
     try:
-        _check_address(url, str(peer[0]), ipaddress.ip_address(peer[0]), allow_local)
+        _check_address(url, str(address), address, allow_local)
     except SourceRefused:
         response.close()
         raise
