@@ -12,8 +12,8 @@ from prefect.client.schemas.objects import State, TaskRun
 from prefect_dask.task_runners import DaskTaskRunner
 
 from lunarchive.catalog.quarantine import quarantine
-from lunarchive.catalog.store import S3Options, Store, open_store
-from lunarchive.flows.settings import Settings
+from lunarchive.catalog.store import Store, open_store
+from lunarchive.flows.settings import Settings, s3_options
 from lunarchive.schemas.errors import QUARANTINE, RETRY, decision_for
 
 __all__ = [
@@ -32,21 +32,6 @@ def load_settings(**overrides: Any) -> Settings:
     settings = Settings()
     given = {key: value for key, value in overrides.items() if value is not None}
     return settings.model_copy(update=given) if given else settings
-
-
-def s3_options(settings: Settings) -> S3Options:
-    """The S3 endpoint and credentials of the settings (secrets revealed only here)."""
-
-    def reveal(secret: Any) -> str | None:
-        return secret.get_secret_value() if secret is not None else None
-
-    return S3Options(
-        endpoint_url=settings.s3_endpoint_url,
-        access_key_id=reveal(settings.s3_access_key_id),
-        secret_access_key=reveal(settings.s3_secret_access_key),
-        region=settings.s3_region,
-        anonymous=settings.s3_anonymous,
-    )
 
 
 def store_for(settings: Settings) -> Store:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import closing, nullcontext
 
-from lunarchive.catalog.store import S3Options, open_store
+from lunarchive.catalog.store import open_store
 from lunarchive.catalog.sync import (
     HttpSource,
     SyncProgress,
@@ -22,22 +22,9 @@ from lunarchive.catalog.sync import (
     sync_release,
     verify_mirror,
 )
-from lunarchive.flows.settings import Settings
+from lunarchive.flows.settings import Settings, s3_options
 
-__all__ = ["mirror", "s3_options", "verify"]
-
-
-def s3_options(settings: Settings) -> S3Options:
-    """The S3 endpoint and credentials of the settings (the same as ``_runtime.s3_options``,
-    which cannot be imported here without Prefect)."""
-    key, secret = settings.s3_access_key_id, settings.s3_secret_access_key
-    return S3Options(
-        endpoint_url=settings.s3_endpoint_url,
-        access_key_id=key.get_secret_value() if key is not None else None,
-        secret_access_key=secret.get_secret_value() if secret is not None else None,
-        region=settings.s3_region,
-        anonymous=settings.s3_anonymous,
-    )
+__all__ = ["mirror", "verify"]
 
 
 def mirror(

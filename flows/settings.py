@@ -11,9 +11,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lunarchive.catalog.store import S3Options
 from lunarchive.schemas.errors import ConfigurationError
 
-__all__ = ["Settings", "shared_dir"]
+__all__ = ["Settings", "s3_options", "shared_dir"]
 
 
 class Settings(BaseSettings):
@@ -112,6 +113,18 @@ class Settings(BaseSettings):
     )
     watchdog_release_max_age_days: float = Field(
         default=7.0, gt=0, description="A current release older than this is flagged."
+    )
+
+
+def s3_options(settings: Settings) -> S3Options:
+    """The S3 endpoint and credentials of the settings (secrets revealed only here)."""
+    key, secret = settings.s3_access_key_id, settings.s3_secret_access_key
+    return S3Options(
+        endpoint_url=settings.s3_endpoint_url,
+        access_key_id=key.get_secret_value() if key is not None else None,
+        secret_access_key=secret.get_secret_value() if secret is not None else None,
+        region=settings.s3_region,
+        anonymous=settings.s3_anonymous,
     )
 
 
