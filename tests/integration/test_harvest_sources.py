@@ -25,7 +25,7 @@ import typer
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from typer.testing import CliRunner
 
-from lunarchive.catalog.store import ObjectInfo, Store
+from lunarchive.catalog.store import Store
 from lunarchive.flows._runtime import load_settings, prefect_api
 from lunarchive.flows.cli_harvest import harvest_command, status_command
 from lunarchive.flows.harvest_engine import (
@@ -40,30 +40,11 @@ from lunarchive.flows.harvest_engine import (
 from lunarchive.schemas.errors import SourceRefused
 from lunarchive.schemas.sources import CompletenessReport, HarvestState, RunCounts
 from tests.mirrors import lola, m3
+from tests.mirrors.harness import CountingStore
 from tests.mirrors.server import MirrorServer, serve
 
 LDEM = "lro/lro-l-lola-3-rdr-v1/lrolol_1xxx/data/lola_gdr/cylindrical/img/"
 CALIB = "img/data/pds4/ch1_m3/document/calibration/"
-
-
-class CountingStore:
-    """The store, with a count of every object it was asked to write."""
-
-    def __init__(self, inner: Store) -> None:
-        self.inner = inner
-        self.url = inner.url
-        self.writes: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def write(self, key: str, data: bytes) -> ObjectInfo:
-        self.writes.append(key)
-        return self.inner.write(key, data)
-
-    def write_file(self, key: str, path: Path) -> ObjectInfo:
-        self.writes.append(key)
-        return self.inner.write_file(key, path)
 
 
 @pytest.fixture
