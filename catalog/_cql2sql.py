@@ -722,15 +722,26 @@ class Area:
 
 
 def _box_prefilter(bbox: Sql, box: Box) -> Sql:
-    """Item bbox overlaps ``box``; an item bbox with xmin > xmax (crossing +-180) is two ranges."""
+    """Item bbox overlaps ``box``."""
+    return sql("({} AND {})", _lat_prefilter(bbox, box[1], box[3]), _lon_prefilter(bbox, box))
+
+
+def _lat_prefilter(bbox: Sql, south: float, north: float) -> Sql:
+    """Item bbox overlaps the latitudes ``south``..``north``."""
     b = bbox.text
-    minx, miny, maxx, maxy = (param(value) for value in box)
+    return sql(f'({b}."ymin" <= {{}} AND {b}."ymax" >= {{}})', param(north), param(south))
+
+
+def _lon_prefilter(bbox: Sql, box: Box) -> Sql:
+    """Item bbox overlaps the longitudes of ``box``; an item bbox with xmin > xmax (crossing
+    +-180) is two ranges."""
+    b = bbox.text
+    minx, maxx = param(box[0]), param(box[2])
     text = (
-        f'({b}."ymin" <= {{}} AND {b}."ymax" >= {{}} AND ('
-        f'({b}."xmin" <= {b}."xmax" AND {b}."xmin" <= {{}} AND {b}."xmax" >= {{}}) OR '
-        f'({b}."xmin" > {b}."xmax" AND ({b}."xmin" <= {{}} OR {b}."xmax" >= {{}}))))'
+        f'(({b}."xmin" <= {b}."xmax" AND {b}."xmin" <= {{}} AND {b}."xmax" >= {{}}) OR '
+        f'({b}."xmin" > {b}."xmax" AND ({b}."xmin" <= {{}} OR {b}."xmax" >= {{}})))'
     )
-    return sql(text, maxy, miny, maxx, minx, maxx, minx)
+    return sql(text, maxx, minx, maxx, minx)
 
 
 def make_intersects_udf(area: Area) -> Callable[[Any], Any]:
@@ -901,15 +912,24 @@ class Translator:
         bbox = self.columns.bbox_struct()
         if bbox is None:
             return exact
-        boxes = [_box_prefilter(bbox, box) for box in area.boxes]
-        # CASE, not AND: DuckDB may run both sides of an AND over whole vectors, and the exact
-        # test (a Python UDF) is the costly one; CASE runs it only on the prefiltered rows.
-        return sql(
-            "(CASE WHEN ({} IS NULL OR {}) THEN {} ELSE FALSE END)",
-            bbox,
-            join(" OR ", boxes),
-            exact,
-        )
+        south, north = min(box[1] for box in area.boxes), max(box[3] for box in area.boxes)
+        band = _lat_prefilter(bbox, south, north)
+        if all((box[1], box[3]) == (south, north) for box in area.boxes):
+            # One box, or a box split at +-180: one range of latitudes, which DuckDB pushes
+            # into its scan (it pushes no OR), then the longitudes of each part.
+            lons = join(" OR ", [_lon_prefilter(bbox, box) for box in area.boxes])
+            terms = [sql("({} IS NULL OR ({} AND {}))", bbox, band, lons)]
+        else:
+            # Parts at other latitudes: the band that spans them all (implied by the OR of
+            # the parts) for the scan, then each part.
+            parts = join(" OR ", [_box_prefilter(bbox, box) for box in area.boxes])
+            terms = [sql("({} IS NULL OR {})", bbox, band), sql("({} IS NULL OR {})", bbox, parts)]
+        # AND, not CASE: DuckDB runs a conjunction's terms in turn, each on the rows the
+        # earlier ones kept, so the costly exact test (a Python UDF) sees only prefiltered
+        # rows, and a CASE or COALESCE around the prefilter doubles the cost of the query.
+        # The result is TRUE or FALSE (a bbox with a null corner would make it NULL, but
+        # stac-geoparquet neither writes one nor reads such a row back as an item).
+        return join(" AND ", [*terms, exact])
 
     def operand(self, node: object, *, any_kind: bool = False) -> Operand:
         """A property or a literal; literals only ever become parameters."""

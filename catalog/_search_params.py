@@ -23,7 +23,7 @@ Anything malformed raises :class:`~lunarchive.schemas.errors.InvalidFilter` with
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -251,10 +251,17 @@ def fields_to_get(fields: FieldSet) -> str:
     return ",".join([*(f"+{p}" for p in fields.include), *(f"-{p}" for p in fields.exclude)])
 
 
-def apply_fields(item: dict[str, Any], fields: FieldSet | None) -> dict[str, Any]:
+def apply_fields(
+    item: dict[str, Any], fields: FieldSet | None, *, clean: Collection[str] = ()
+) -> dict[str, Any]:
     """``item`` as the STAC API returns it for ``fields``: nulls left out (but
-    ``properties.datetime``), included paths (plus ``id``, ``collection``), excluded paths."""
-    full = _item_without_nulls(item)
+    ``properties.datetime``), included paths (plus ``id``, ``collection``), excluded paths.
+
+    ``clean`` names top-level members the caller knows hold no null at any depth (the
+    embedded search knows it from Arrow's null counts): they are kept without a walk, not
+    copied, so the result may share (and ``fields`` change) them with ``item``.
+    """
+    full = _item_without_nulls(item, clean)
     if fields is None:
         out = full
     else:
@@ -281,11 +288,15 @@ def _wants_datetime(fields: FieldSet | None) -> bool:
     return not fields.include or bool(names & set(fields.include))
 
 
-def _item_without_nulls(item: dict[str, Any]) -> dict[str, Any]:
+def _item_without_nulls(item: dict[str, Any], clean: Collection[str]) -> dict[str, Any]:
     """The item without null values (keys in order). Its geometry's coordinates are numbers
     only, so they are kept as they are rather than walked one number at a time."""
     return {
-        key: _geometry_without_nulls(value) if key == "geometry" else _without_nulls(value)
+        key: value
+        if key in clean
+        else _geometry_without_nulls(value)
+        if key == "geometry"
+        else _without_nulls(value)
         for key, value in item.items()
         if value is not None
     }

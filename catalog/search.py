@@ -2,12 +2,15 @@
 
 Why this shape: the embedded deployment has no server (DESIGN.md, "Search engine"), and a
 release's items are one immutable stac-geoparquet file. The file is read once into Arrow and
-kept open (a few releases, re-read when the file changes) with a private in-memory DuckDB that
-sees those rows and no file at all; each search runs one parameterised query built by
-:mod:`lunarchive.catalog._cql2sql` that picks the row numbers of one page, and only those rows
-are turned into STAC item dicts, the way stac-geoparquet does, but in bulk. Opening once and
-materialising 100 rows instead of every match is what makes a search take milliseconds, not a
-second (issue 7, "Speed"). ``sortby``, ``fields`` and paging follow pgstac's semantics
+kept open (a few releases, read again when the file changes) with a private in-memory DuckDB
+table of its searchable columns, loaded once, and no file access at all; each search runs one
+parameterised query built by :mod:`lunarchive.catalog._cql2sql` that picks the row numbers of
+one page, and only those rows are turned into STAC item dicts, the way stac-geoparquet does,
+but in bulk. Opening once and materialising 100 rows instead of every match is what makes a
+search take milliseconds, not a second (issue 7, "Speed"). A store's release file is fetched
+once into a local cache, named by its sha256 in the release manifest and checked against it
+when read, so a search of a store costs one read of the release pointer, and a new release is
+seen at once. ``sortby``, ``fields`` and paging follow pgstac's semantics
 (:mod:`lunarchive.catalog._search_params`), so the embedded search and the STAC API give the
 same items in the same order with the same fields. A page's ``next`` token is the offset of the
 next page plus a fingerprint of the search: the file never changes and the order is total, so
@@ -17,15 +20,19 @@ with one readable line (RELIABILITY.md R17), which the API turns into a 400.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import posixpath
 import re
-import tempfile
 import threading
+import time
+import uuid
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -69,12 +76,14 @@ from lunarchive.catalog._search_params import (
     parse_sortby,
     sortby_with_tiebreakers,
 )
-from lunarchive.catalog.layout import release_prefix
-from lunarchive.catalog.publish import read_current
+from lunarchive.catalog.layout import LATEST_KEY, release_prefix
 from lunarchive.catalog.store import Store
-from lunarchive.schemas.errors import ConfigurationError, InvalidFilter
+from lunarchive.schemas.errors import ConfigurationError, InvalidFilter, TransientError
+from lunarchive.schemas.release import ManifestEntry, ReleasePointer
 
 __all__ = [
+    "CACHED_FILES",
+    "DEFAULT_CACHE_DIR",
     "MAX_IDS",
     "SearchPage",
     "SearchQuery",
@@ -141,21 +150,25 @@ class _Checked:
     fingerprint: str
 
 
-def search(source: Store | str | Path, query: SearchQuery) -> pystac.ItemCollection:
+def search(
+    source: Store | str | Path, query: SearchQuery, *, cache_dir: Path | None = None
+) -> pystac.ItemCollection:
     """The researcher's entry point: items matching ``query`` as a pystac ``ItemCollection``.
 
     ``source`` is a store (its current release is searched) or a stac-geoparquet file. The
     token of the next page, if any, is ``next_token(result)``. With ``fields`` that drop what
     a pystac Item needs (id, geometry, properties), use :func:`search_page` for plain dicts.
     Searching a store gives absolute asset hrefs (``file://…``, ``s3://…``), so that a
-    researcher can open them as they are; a file's items keep the hrefs it holds.
+    researcher can open them as they are; a file's items keep the hrefs it holds. A store's
+    release file is kept in ``cache_dir`` (default :data:`DEFAULT_CACHE_DIR`).
     """
     if isinstance(source, str | Path):
         page = search_page(Path(source), query)
         extra: dict[str, Any] = {}
     else:
-        with release_items(source) as (version, path):
-            page = search_page(path, query)
+        checked = _check_query(query)
+        version, release = _store_release(source, cache_dir)
+        page = _search(release, query, checked)
         extra = {"lunarchive:release": version}
         root = f"{source.url.rstrip('/')}/{release_prefix(version)}"
         for feature in page.features:
@@ -163,14 +176,15 @@ def search(source: Store | str | Path, query: SearchQuery) -> pystac.ItemCollect
                 if isinstance(asset, dict) and isinstance(asset.get("href"), str):
                     asset["href"] = absolute_href(root, asset["href"])
     try:
-        items = [pystac.Item.from_dict(feature, preserve_dict=False) for feature in page.features]
+        items = [_pystac_item(feature) for feature in page.features]
     except (KeyError, TypeError, ValueError, pystac.STACError, pystac.STACTypeError) as error:
         raise InvalidFilter(
             f"these fields leave items pystac cannot read ({type(error).__name__}); "
             "use search_page() for partial items"
         ) from None
     extra |= {"numberReturned": len(items)} | ({"next": page.next} if page.next else {})
-    return pystac.ItemCollection(items, extra_fields=extra)
+    # The items are new and ours alone: pystac's copy of each would be wasted time.
+    return pystac.ItemCollection(items, extra_fields=extra, clone_items=False)
 
 
 def absolute_href(root: str, href: str) -> str:
@@ -205,7 +219,31 @@ def search_page(parquet_path: Path, query: SearchQuery) -> SearchPage:
     path = Path(parquet_path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no stac-geoparquet file at {path}")
-    release = _open(path)
+    return _search(_open(path), query, checked)
+
+
+def search_release(
+    store: Store, query: SearchQuery, *, cache_dir: Path | None = None
+) -> tuple[str, list[dict[str, Any]]]:
+    """The current release's version and its items matching ``query`` (one page)."""
+    checked = _check_query(query)
+    version, release = _store_release(store, cache_dir)
+    return version, _search(release, query, checked).features
+
+
+@contextmanager
+def release_items(store: Store, *, cache_dir: Path | None = None) -> Iterator[tuple[str, Path]]:
+    """The current release's version and a local copy of its stac-geoparquet file.
+
+    The copy is the cached one (see :func:`search`): it stays for the next search, so every
+    page of a search reads the same release even if another is published meanwhile.
+    """
+    version, entry = _current_release(store)
+    yield version, _fetch_verified(store, entry, _cache_folder(cache_dir))[0]
+
+
+def _search(release: _Release, query: SearchQuery, checked: _Checked) -> SearchPage:
+    """One page of ``release``'s items matching ``query`` (already checked as ``checked``)."""
     keys = parse_sortby(query.sortby, release.columns) if query.sortby is not None else ()
     translator = Translator(release.columns)
     where = _where(translator, checked)
@@ -216,35 +254,42 @@ def search_page(parquet_path: Path, query: SearchQuery) -> SearchPage:
     numbers = release.row_numbers(statement, translator.areas)
     more = bool(checked.limit) and len(numbers) > (checked.limit or 0)  # limit 0: no next page
     numbers = numbers[: checked.limit] if checked.limit is not None else numbers
-    rows = _to_items(release.table.take(numbers)) if numbers else []
+    rows, clean = _to_items(release.table.take(numbers)) if numbers else ([], frozenset())
     token = f"{checked.offset + len(rows)}.{checked.fingerprint}" if more else None
-    return SearchPage([apply_fields(row, checked.fields) for row in rows], token)
+    return SearchPage([apply_fields(row, checked.fields, clean=clean) for row in rows], token)
 
 
-def search_release(store: Store, query: SearchQuery) -> tuple[str, list[dict[str, Any]]]:
-    """The current release's version and its items matching ``query`` (one page)."""
-    _check_query(query)
-    with release_items(store) as (version, path):
-        return version, search_items(path, query)
+def _pystac_item(feature: dict[str, Any]) -> pystac.Item:
+    """``feature`` as a pystac Item, taking it over (it is not used again).
 
-
-@contextmanager
-def release_items(store: Store) -> Iterator[tuple[str, Path]]:
-    """The current release's version and a local copy of its stac-geoparquet file.
-
-    The file is immutable, one object per release, so one copy serves every page of a search.
+    pystac migrates every dict it reads to its own STAC and extension versions, which costs
+    more than the rest of a search; an item already at those versions (what pystac writes,
+    so every item lunarchive publishes) is left alone by it, so that step is skipped for them.
     """
-    current = read_current(store)
-    if current is None:
-        raise ConfigurationError(
-            f"{store.url}: no release is published yet (run `lunarchive pipeline` first)"
-        )
-    version = current[0].version
-    with tempfile.TemporaryDirectory(prefix="lunarchive-search-") as tmp:
-        local = store.download(
-            release_prefix(version) + "items.parquet", Path(tmp) / "items.parquet"
-        )
-        yield version, local
+    current = feature.get("stac_version") == pystac.get_stac_version() and all(
+        isinstance(uri, str) and _pystac_keeps(uri) for uri in feature.get("stac_extensions", ())
+    )
+    return pystac.Item.from_dict(feature, preserve_dict=False, migrate=not current)
+
+
+@functools.lru_cache(maxsize=256)
+def _pystac_keeps(uri: str) -> bool:
+    """Whether pystac's migration leaves an item's extension ``uri`` as it is (asked of pystac
+    itself, once per URI: it rewrites old versions and short names to its current schema)."""
+    probe = {
+        "type": "Feature",
+        "stac_version": pystac.get_stac_version(),
+        "stac_extensions": [uri],
+        "id": "probe",
+        "geometry": None,
+        "properties": {"datetime": "2000-01-01T00:00:00Z"},
+        "links": [],
+        "assets": {},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        migrated = pystac.Item.from_dict(probe, migrate=True)
+    return migrated.stac_extensions == [uri]
 
 
 def _check_query(query: SearchQuery) -> _Checked:
@@ -323,24 +368,25 @@ def _token_offset(token: object, fingerprint: str) -> int:
 class _Release:
     """One opened stac-geoparquet file: its rows in memory and a DuckDB that sees only them.
 
-    Opening costs a file read and a DuckDB connection (hundreds of milliseconds for 100 000
+    Opening costs a file read and a DuckDB table load (hundreds of milliseconds for 100 000
     items); a search on an open release costs milliseconds, so releases are kept open
-    (:func:`_open`). DuckDB gets the rows as an Arrow table plus a row-number column and has no
-    file access at all: the SQL is built from parameters and schema names only, and this
-    lock-down is the second wall. A search asks DuckDB for the row numbers of one page (reading
-    only the columns the filter and the sort need), and only those rows become items. UTC
+    (:func:`_open`, :func:`_store_release`). DuckDB gets a copy of the searchable columns plus
+    a row-number column as its own in-memory table, which it scans faster than Arrow (with the
+    bbox and time comparisons pushed into the scan), and has no file access at all: the SQL is
+    built from parameters and schema names only, and this lock-down is the second wall. A
+    search asks DuckDB for the row numbers of one page, and only those rows become items. UTC
     matters for the filter's timestamps; the lock because a DuckDB connection runs one
     statement at a time and the spatial UDFs are registered per search.
     """
 
-    def __init__(self, path: Path, stamp: tuple[int, int, int]) -> None:
+    def __init__(self, table: pa.Table, stamp: tuple[int, int, int] | None = None) -> None:
         self.stamp = stamp
-        self.table = pq.read_table(path)
-        # What DuckDB scans: the rows in a spatial order (numbered by their place in the file),
+        self.table = table
+        # What DuckDB holds: the rows in a spatial order (numbered by their place in the file),
         # without the columns no filter or sort can name.
-        order = _spatial_order(self.table)
-        searched = self.table.drop_columns(
-            [name for name in _NEVER_SEARCHED if name in self.table.column_names]
+        order = _spatial_order(table)
+        searched = table.drop_columns(
+            [name for name in _NEVER_SEARCHED if name in table.column_names]
         )
         numbered = _for_duckdb(searched.take(order)).append_column(_ROW, pa.array(order))
         config: dict[str, str | bool | int | float | list[str]] = {
@@ -353,9 +399,11 @@ class _Release:
             self.con.execute("SET TimeZone = ?", ["UTC"])
             self.con.execute("SET enable_external_access = false")
             self.con.execute("SET python_enable_replacements = false")
+            self.con.register(_SOURCE, numbered)
+            self.con.execute(f"CREATE TABLE {_ITEMS} AS SELECT * FROM {_SOURCE}")
+            self.con.unregister(_SOURCE)
             self.con.execute("SET lock_configuration = true")
-            self.con.register(_ITEMS, numbered)
-            rows = self.con.execute(f"DESCRIBE SELECT * FROM {_ITEMS}").fetchall()
+            rows = self.con.execute(f"DESCRIBE {_ITEMS}").fetchall()
         except BaseException:
             self.con.close()
             raise
@@ -422,33 +470,35 @@ _NEVER_SEARCHED: Final = ("assets", "links")
 
 
 def _for_duckdb(table: pa.Table) -> pa.Table:
-    """The table as DuckDB scans it fastest: text and WKB as Arrow views, which DuckDB reads
-    without a copy (a search scans the sort and filter columns of every row), and the
-    footprint as plain WKB: as DuckDB's GEOMETRY every footprint would be converted on every
-    scan, and the spatial test (shapely, in a UDF) wants WKB anyway."""
-    for index, field in enumerate(table.schema):
-        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
-            kind = pa.string_view()
-        elif pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
-            kind = pa.binary_view()
-        else:
-            continue
-        metadata = None if field.name == "geometry" else field.metadata
-        table = table.set_column(
-            index,
-            pa.field(field.name, kind, field.nullable, metadata),
-            table.column(index).cast(kind),
-        )
-    return table
+    """The table with its footprint as plain WKB: as DuckDB's GEOMETRY every footprint would
+    be converted on every scan, and the spatial test (shapely, in a UDF) wants WKB anyway."""
+    if "geometry" not in table.column_names:
+        return table
+    index = table.schema.get_field_index("geometry")
+    field = table.schema.field(index)
+    return table.set_column(index, field.remove_metadata(), table.column(index))
 
 
+DEFAULT_CACHE_DIR: Final = Path("~/.cache/lunarchive/search")
+"""Where a store's release files are kept between searches (``cache_dir`` None)."""
+CACHED_FILES: Final = 3
+"""Release files kept in a cache folder: the current release and the two before it."""
 _OPEN_RELEASES: Final = 2
 """Releases kept open: the current one, and the one before while a reader switches."""
+_KNOWN_MANIFESTS: Final = 16
 _ITEMS: Final = "items"
+_SOURCE: Final = "lunarchive_source"
 _ROW: Final = "lunarchive:row"
-_releases: OrderedDict[Path, _Release] = OrderedDict()
+_DIGEST: Final = re.compile(r"[0-9a-f]{64}")
+_PART_TTL_S: Final = 86_400.0
+# Open releases, by file (searched again when the file changes) or by the sha256 of a store's
+# release file (content-addressed: it never changes).
+_releases: OrderedDict[Path | str, _Release] = OrderedDict()
 _releases_lock = threading.Lock()
 _opening = threading.Lock()
+# (store URL, manifest key) -> its items.parquet entry: a manifest never changes once written,
+# and reading one again (22 MB for 100 000 items) would cost more than the search.
+_manifests: OrderedDict[tuple[str, str], ManifestEntry] = OrderedDict()
 
 
 def _open(path: Path) -> _Release:
@@ -464,51 +514,197 @@ def _open(path: Path) -> _Release:
         return release
     with _opening:  # one file read at a time, not one per thread that wants the same file
         release = _cached(path, stamp)
-        if release is not None:
-            return release
-        release = _Release(path, stamp)
-        with _releases_lock:
-            _releases[path] = release
-            _releases.move_to_end(path)
-            while len(_releases) > _OPEN_RELEASES:
-                _releases.popitem(last=False)
+        if release is None:
+            release = _keep(path, _Release(pq.read_table(path), stamp))
     return release
 
 
-def _cached(path: Path, stamp: tuple[int, int, int]) -> _Release | None:
+def _store_release(store: Store, cache_dir: Path | None) -> tuple[str, _Release]:
+    """The version of ``store``'s current release, and that release open.
+
+    Once it is open, this costs one read of the release pointer, so a new release is searched
+    as soon as it is published.
+    """
+    version, entry = _current_release(store)
+    release = _cached(entry.sha256, None)
+    if release is not None:
+        return version, release
+    with _opening:
+        release = _cached(entry.sha256, None)
+        if release is None:
+            data = _fetch_verified(store, entry, _cache_folder(cache_dir))[1]
+            release = _keep(entry.sha256, _Release(pq.read_table(pa.BufferReader(data))))
+    return version, release
+
+
+def _keep(key: Path | str, release: _Release) -> _Release:
     with _releases_lock:
-        release = _releases.get(path)
+        _releases[key] = release
+        _releases.move_to_end(key)
+        while len(_releases) > _OPEN_RELEASES:
+            _releases.popitem(last=False)
+    return release
+
+
+def _cached(key: Path | str, stamp: tuple[int, int, int] | None) -> _Release | None:
+    with _releases_lock:
+        release = _releases.get(key)
         if release is None or release.stamp != stamp:
             return None
-        _releases.move_to_end(path)
+        _releases.move_to_end(key)
         return release
 
 
-def _to_items(table: pa.Table) -> list[dict[str, Any]]:
-    """stac-geoparquet's rows -> item dicts, without its slow per-row step.
+def _current_release(store: Store) -> tuple[str, ManifestEntry]:
+    """The current version of ``store`` and its manifest's entry for ``items.parquet``."""
+    tagged = store.read_tagged(LATEST_KEY)
+    if tagged is None:
+        raise ConfigurationError(
+            f"{store.url}: no release is published yet (run `lunarchive pipeline` first)"
+        )
+    pointer = ReleasePointer.model_validate_json(tagged[0])
+    known = (store.url, pointer.manifest)
+    with _releases_lock:
+        entry = _manifests.get(known)
+    if entry is None:
+        entry = _items_entry(store, pointer)
+        with _releases_lock:
+            _manifests[known] = entry
+            while len(_manifests) > _KNOWN_MANIFESTS:
+                _manifests.popitem(last=False)
+    return pointer.version, entry
+
+
+def _items_entry(store: Store, pointer: ReleasePointer) -> ManifestEntry:
+    """The manifest's entry for the release's stac-geoparquet file. Only that entry is
+    validated: the whole manifest as a model takes half a second for 100 000 items."""
+    document = json.loads(store.read(pointer.manifest))
+    key = release_prefix(pointer.version) + "items.parquet"
+    if not isinstance(document, dict) or document.get("version") != pointer.version:
+        raise ConfigurationError(
+            f"{store.url}/{pointer.manifest}: not the manifest of release {pointer.version}"
+        )
+    for entry in document.get("objects") or ():
+        if isinstance(entry, dict) and entry.get("key") == key:
+            return ManifestEntry.model_validate(entry)
+    raise ConfigurationError(f"{store.url}: release {pointer.version} has no items.parquet")
+
+
+def _cache_folder(cache_dir: Path | None) -> Path:
+    return (cache_dir if cache_dir is not None else DEFAULT_CACHE_DIR).expanduser()
+
+
+def _fetch_verified(store: Store, entry: ManifestEntry, folder: Path) -> tuple[Path, bytes]:
+    """The cached copy of ``entry`` (``<sha256>.parquet`` in ``folder``) and its bytes,
+    fetched first when it is missing or differs from the manifest.
+
+    Safe across threads and processes: a copy is fetched under a unique name, checked, and
+    renamed into place; two processes fetching at once rename equal bytes.
+    """
+    path = folder / f"{entry.sha256}.parquet"
+    data = _intact(path, entry)
+    if data is not None:
+        with suppress(OSError):
+            os.utime(path)  # last use, for the eviction
+        return path, data
+    folder.mkdir(parents=True, exist_ok=True)
+    part = folder / f".{entry.sha256}.{uuid.uuid4().hex}.part"
+    try:
+        store.download(entry.key, part)
+        data = part.read_bytes()
+        if _digest(data) != entry.sha256 or len(data) != entry.size:
+            raise TransientError(
+                f"{store.url}/{entry.key}: the fetched bytes differ from the manifest's "
+                f"{entry.size} bytes with sha256 {entry.sha256}"
+            )
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
+    _evict(folder, path)
+    return path, data
+
+
+def _intact(path: Path, entry: ManifestEntry) -> bytes | None:
+    """The bytes of ``path`` if they are the manifest's, else None (and a damaged copy goes)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) == entry.size and _digest(data) == entry.sha256:
+        return data
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _evict(folder: Path, keep: Path) -> None:
+    """Keep the :data:`CACHED_FILES` release files used last (``keep`` among them), and drop
+    the part files of fetches that died more than a day ago."""
+    copies = [p for p in folder.glob("*.parquet") if _DIGEST.fullmatch(p.stem) and p != keep]
+    copies.sort(key=_last_use, reverse=True)
+    for old in copies[CACHED_FILES - 1 :]:
+        old.unlink(missing_ok=True)
+    for part in folder.glob(".*.part"):
+        if _last_use(part) < time.time() - _PART_TTL_S:
+            part.unlink(missing_ok=True)
+
+
+def _last_use(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # another process evicted it just now
+        return 0.0
+
+
+def _to_items(table: pa.Table) -> tuple[list[dict[str, Any]], frozenset[str]]:
+    """stac-geoparquet's rows -> item dicts, without its slow per-row step; and the top-level
+    members that hold no null in any of them (the null walk of ``apply_fields`` skips those).
 
     stac-geoparquet lowers the columns back to item shape (``to_json_batch``), then converts
     each row and each geometry one Python call at a time: for 100 rows that is most of a
     search. Here the rows come out in one ``to_pylist`` and the geometries in one vectorised
-    ``shapely.to_geojson``; the result is the same dicts (checked against
-    ``stac_table_to_items``). Empty or non-finite geometries, which GEOS writes differently,
-    take stac-geoparquet's own path.
+    ``shapely.to_geojson`` read by one ``json.loads``; the result is the same dicts (checked
+    against ``stac_table_to_items``). Empty or non-finite geometries, which GEOS writes
+    differently, take stac-geoparquet's own path.
     """
     items: list[dict[str, Any]] = []
+    clean: frozenset[str] | None = None
     for batch in table.to_batches():
         lowered = StacArrowBatch(batch).to_json_batch().inner
+        free = {
+            name
+            for name, column in zip(lowered.schema.names, lowered.columns, strict=True)
+            if name != "geometry" and _null_free(column)
+        }
+        clean = frozenset(free) if clean is None else clean & free
         paths = _geometry_paths(lowered.schema)
-        geometries = [shapely.from_wkb(_column_at(lowered, path)) for path in paths]
-        texts = [shapely.to_geojson(column) for column in geometries]
-        empty = [shapely.is_empty(column) for column in geometries]
+        geometries = [_geojson_column(_column_at(lowered, path)) for path in paths]
         for index, row in enumerate(lowered.to_pylist()):
-            for path, shapes, text, blank in zip(paths, geometries, texts, empty, strict=True):
-                _set_path(row, path, _geojson(shapes[index], text[index], bool(blank[index])))
+            for path, column in zip(paths, geometries, strict=True):
+                _set_path(row, path, column[index])
             assets = row.setdefault("assets", {})
             if assets and isinstance(assets, dict):
                 row["assets"] = {key: value for key, value in assets.items() if value is not None}
             items.append(row)
-    return items
+    return items, clean or frozenset()
+
+
+def _null_free(array: pa.Array) -> bool:
+    """Whether ``array`` holds no null at any depth, so its Python values hold no None.
+    Children are checked whole (a superset of the rows); a type not known here may hold nulls."""
+    if array.null_count:
+        return False
+    kind = array.type
+    if pa.types.is_struct(kind):
+        return all(_null_free(array.field(index)) for index in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _null_free(array.values)
+    if pa.types.is_map(kind):
+        return _null_free(array.keys) and _null_free(array.items)
+    return not (pa.types.is_nested(kind) or pa.types.is_dictionary(kind))
 
 
 def _geometry_paths(schema: pa.Schema) -> list[tuple[str, ...]]:
@@ -536,15 +732,35 @@ def _set_path(row: dict[str, Any], path: tuple[str, ...], value: object) -> None
     node = row
     for name in path[:-1]:
         node = node[name]
+        if not isinstance(node, dict):  # an asset this item lacks: its geometry is null too
+            return
     node[path[-1]] = value
 
 
-def _geojson(shape: Any, text: str | None, empty: bool) -> Any:
-    """One geometry as GeoJSON: GEOS's text when it writes what stac-geoparquet would."""
-    if shape is None:
-        return None
-    if not empty and text is not None and "null" not in text:
-        return json.loads(text)
+def _geojson_column(column: pa.Array) -> list[Any]:
+    """Each WKB of ``column`` as GeoJSON (None for a null): GEOS's text, all read by one
+    ``json.loads``, where GEOS writes what stac-geoparquet would; shapely's mapping elsewhere."""
+    shapes = shapely.from_wkb(column)
+    texts = shapely.to_geojson(shapes)
+    empty = shapely.is_empty(shapes)
+    out: list[Any] = [None] * len(shapes)
+    fast: list[int] = []
+    for index, (shape, text, blank) in enumerate(zip(shapes, texts, empty, strict=True)):
+        if shape is None:
+            continue
+        if not blank and text is not None and "null" not in text:
+            fast.append(index)
+        else:
+            out[index] = _mapping(shape)
+    parsed = json.loads("[" + ",".join(texts[index] for index in fast) + "]")
+    for index, geometry in zip(fast, parsed, strict=True):
+        out[index] = geometry
+    return out
+
+
+def _mapping(shape: Any) -> dict[str, Any]:
+    """A geometry GEOS would write differently (empty, non-finite), the way stac-geoparquet
+    writes it: shapely's mapping, with lists for tuples."""
     mapping = dict(shape.__geo_interface__)
     if "coordinates" in mapping:
         mapping["coordinates"] = _lists(mapping["coordinates"])

@@ -445,11 +445,11 @@ def _search_and_print(
     from lunarchive.catalog.search import release_items
     from lunarchive.flows._runtime import load_settings, store_for
 
-    with (
-        _one_line_errors(),
-        release_items(store_for(load_settings(store_url=store_url))) as (version, path),
-    ):
-        items, more = _read_pages(path, query, max_items)
+    with _one_line_errors():
+        settings = load_settings(store_url=store_url)
+        cache_dir = settings.search_cache.expanduser()
+        with release_items(store_for(settings), cache_dir=cache_dir) as (version, path):
+            items, more = _read_pages(path, query, max_items)
     if as_json:
         collection: dict[str, Any] = {"type": "FeatureCollection", "features": items}
         if more:

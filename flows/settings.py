@@ -60,6 +60,10 @@ class Settings(BaseSettings):
         default=Path("~/.cache/lunarchive/stac-schemas"),
         description="Where fetched STAC schemas are kept.",
     )
+    search_cache: Path = Field(
+        default=Path("~/.cache/lunarchive/search"),
+        description="Where searches of a store keep the release's items.parquet (three newest).",
+    )
     shared_dir: Path = Field(
         default=Path("../shared"), description="Test-only: the shared fixtures folder."
     )
