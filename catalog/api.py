@@ -30,6 +30,12 @@ Anything refused is a 400 with one readable line ``{"code": ..., "description": 
 SQL text, never a 500 (RELIABILITY.md R17). The database connections are read-only,
 ``repeatable read`` (one snapshot per search, so a release switch is never seen half-way) and
 ``pgstac.readonly`` (a search writes nothing), with a statement timeout.
+
+Speed (issue 7, measured by ``tests/benchmarks/catalog_api.py`` against plain
+stac-fastapi-pgstac on the same data): items are hydrated here, in Python
+(``use_api_hydrate``), not by pgstac's PL/pgSQL, which took most of a 100-item page's time;
+JIT compilation is off (PostgreSQL compiled the partition scans of each search anew, for more
+time than they ran); the served release's properties are read once per release, not per request.
 """
 
 from __future__ import annotations
@@ -74,6 +80,7 @@ from lunarchive.catalog._cql2sql import (
     validate_filter,
 )
 from lunarchive.catalog._search_params import (
+    FieldSet,
     fields_to_get,
     parse_fields,
     parse_sortby,
@@ -170,6 +177,7 @@ def create_app(
         stac_fastapi_version=_version(),
         enabled_extensions=["query", "sort", "fields", "filter", "pagination"],
         enable_transactions_extensions=False,
+        use_api_hydrate=True,
         root_path=root_path,
         cors_methods=["GET", "POST", "OPTIONS"],
     )
@@ -194,6 +202,7 @@ def create_app(
         "statement_timeout": str(statement_timeout_ms),
         "pgstac.readonly": "true",
         "pgstac.context": "off",
+        "jit": "off",
     }
 
     @asynccontextmanager
@@ -318,10 +327,12 @@ class SearchRewriteMiddleware:
         """The properties of the served release (cached until another version is loaded)."""
         pool = scope["app"].state.readpool
         async with pool.acquire() as conn:
+            # the version alone on every request (one short row); the properties on a change
+            served = await conn.fetchval("SELECT version FROM lunarchive.release_state")
+            if self._columns is not None and self._columns[0] == str(served or ""):
+                return self._columns[1]
             row = await conn.fetchrow("SELECT version, properties FROM lunarchive.release_state")
         version = str(row["version"]) if row is not None else ""
-        if self._columns is not None and self._columns[0] == version:
-            return self._columns[1]
         raw = row["properties"] if row is not None else {}
         kinds = dict(_BASE_KINDS) | dict(json.loads(raw) if isinstance(raw, str) else raw)
         columns = Columns(
@@ -431,6 +442,7 @@ def _rewrite_post(body: dict[str, Any], columns: Columns) -> dict[str, Any]:
         fields = parse_fields(body["fields"]) if body["fields"] is not None else None
         if fields is None:
             raise InvalidFilter("fields must be an object with include / exclude lists, not null")
+        fields = _with_identity(fields)
         out["fields"] = {"include": list(fields.include), "exclude": list(fields.exclude)}
     spatial = _spatial(body.get("bbox"), body.get("intersects"))
     out.pop("bbox", None)
@@ -473,7 +485,7 @@ def _rewrite_get(
     if "fields" in params:
         fields = parse_fields(params["fields"])
         assert fields is not None  # a string always gives a field set
-        out["fields"] = fields_to_get(fields)
+        out["fields"] = fields_to_get(_with_identity(fields))
     bbox = _get_numbers(params["bbox"]) if "bbox" in params else None
     intersects = _get_json(params["intersects"], "intersects") if "intersects" in params else None
     if intersects is not None and not is_search:
@@ -500,6 +512,15 @@ def _rewrite_get(
         out["filter"] = json.dumps(tree)
         out["filter-lang"] = "cql2-json"
     return list(out.items())
+
+
+def _with_identity(fields: FieldSet) -> FieldSet:
+    """The field set with ``id`` and ``collection`` kept, as the embedded search keeps them:
+    stac-fastapi filters the items it hydrates itself and keeps only the paths listed."""
+    if not fields.include:
+        return fields
+    missing = tuple(name for name in ("id", "collection") if name not in fields.include)
+    return FieldSet(fields.include + missing, fields.exclude)
 
 
 def _spatial(bbox: object, intersects: object) -> list[float] | dict[str, Any] | None:

@@ -25,6 +25,8 @@ from test_search_contract import (
 
 from lunarchive.catalog.api import CONFORMANCE_CLASSES, create_app
 from lunarchive.catalog.pgstac import (
+    MAX_INDEXED_VALUES,
+    indexed_properties,
     install_schema,
     load_release,
     property_kinds,
@@ -358,6 +360,100 @@ def test_loading_the_same_release_twice_changes_nothing(
     assert snapshot(database_url) == after
 
 
+def index_state(database_url: str) -> list[tuple[Any, ...]]:
+    """The global queryables (row ids) and every index of the item partitions (oids)."""
+    with psycopg.connect(database_url) as conn:
+        queryables = conn.execute(
+            "SELECT 'queryable', id::text, name, coalesce(property_index_type, '')"
+            " FROM pgstac.queryables WHERE collection_ids IS NULL ORDER BY id"
+        ).fetchall()
+        indexes = conn.execute(
+            "SELECT 'index', i.indexrelid::oid::text, c.relname, pg_get_indexdef(i.indexrelid)"
+            " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_class t ON t.oid = i.indrelid"
+            " WHERE t.relname LIKE '\\_items\\_%' ORDER BY 2"
+        ).fetchall()
+    return [*queryables, *indexes]
+
+
+def test_a_load_indexes_the_filtered_properties_and_refreshes_statistics(
+    database_url: str, contract: str
+) -> None:
+    _, items = lunar_release()
+    expected = indexed_properties(items, property_kinds(items))
+    assert {"mission", "gsd", "mass_g"} <= expected
+    with psycopg.connect(database_url) as conn:
+        indexed = {
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM pgstac.queryables"
+                " WHERE collection_ids IS NULL AND property_index_type = 'BTREE'"
+            )
+        }
+        partitions = {
+            row[0]
+            for row in conn.execute(
+                "SELECT relid::oid FROM pg_partition_tree('pgstac.items') WHERE isleaf"
+            )
+        }
+        definitions = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i WHERE i.indrelid = ANY(%s)",
+                (list(partitions),),
+            )
+        ]
+        with_statistics = {
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT starelid::oid FROM pg_statistic WHERE starelid = ANY(%s)",
+                (list(partitions),),
+            )
+        }
+    assert indexed == expected
+    # every partition has a btree on each indexed property, as pgstac makes it from the row
+    for name in expected:
+        on = [d for d in definitions if f"'{name}'::text" in d]
+        assert len(on) == len(partitions), (name, definitions)
+    # the planner's statistics are there as soon as the load commits (a few rows each: far
+    # below autovacuum's threshold, so only the load's ANALYZE can have made them)
+    assert with_statistics == partitions
+
+
+def test_reloading_keeps_the_queryables_and_their_indexes(database_url: str, contract: str) -> None:
+    before = index_state(database_url)
+    collections, items = lunar_release()
+    assert load_release(database_url, next_version(), collections, items).loaded
+    assert index_state(database_url) == before  # no row rewritten, no index rebuilt
+
+
+def test_fields_keep_id_and_collection(client: httpx.Client, contract: str) -> None:
+    """As the embedded search (and pgstac's own field filter) keep them."""
+    body = {"fields": {"include": ["properties.gsd"], "exclude": ["properties"]}}
+    found = client.post("/search", json={**body, "collections": ["orbital"]})
+    assert found.status_code == 200, found.text
+    for feature in found.json()["features"]:
+        assert {"id", "collection", "type"} <= set(feature), feature
+        assert set(feature["properties"]) == {"gsd"}
+    got = client.get("/search", params={"fields": "properties.gsd", "collections": "orbital"})
+    assert got.status_code == 200, got.text
+    assert all({"id", "collection"} <= set(f) for f in got.json()["features"])
+
+
+def test_items_come_back_whole(client: httpx.Client, contract: str) -> None:
+    """Items are hydrated by the API (not by pgstac): every field comes back as loaded."""
+    _, items = lunar_release()
+    loaded = {feature["id"]: feature for feature in items}
+    found = client.post("/search", json={"limit": 100}).json()["features"]
+    assert sorted(feature["id"] for feature in found) == sorted(loaded)
+    for feature in found:
+        source = loaded[feature["id"]]
+        for key in ("type", "stac_version", "stac_extensions", "collection", "bbox", "assets"):
+            assert feature[key] == source[key], (feature["id"], key)
+        assert feature["geometry"]["type"] == source["geometry"]["type"]
+        assert feature["properties"] == {"datetime": None, **source["properties"]}
+
+
 def test_an_older_release_never_replaces_a_newer_one(database_url: str, contract: str) -> None:
     collections, items = lunar_release()
     older = load_release(database_url, "19990101T000000Z-old", collections, items[:1])
@@ -501,6 +597,23 @@ def test_release_documents_from_release_files() -> None:
     assert [link["rel"] for link in items[0]["links"]] == ["derived_from"]
 
 
+def test_indexed_properties_are_the_ones_a_catalog_is_filtered_on() -> None:
+    items = [
+        {
+            "properties": {
+                "title": f"image {n}",  # one per item: never indexed
+                "mission": "lro" if n % 2 else "kaguya",
+                "gsd": n / 2,
+                "proj:code": "IAU_2015:30100",  # the same everywhere: an index would not help
+                "orbit": 7,
+                "ssys:targets": ["Moon"],
+            }
+        }
+        for n in range(MAX_INDEXED_VALUES + 5)
+    ]
+    assert indexed_properties(items, property_kinds(items)) == {"mission", "gsd"}
+
+
 def test_property_kinds_match_what_the_embedded_search_sees() -> None:
     _, items = lunar_release()
     kinds = property_kinds(items)
@@ -509,3 +622,30 @@ def test_property_kinds_match_what_the_embedded_search_sees() -> None:
     assert kinds["datetime"] == "timestamp"
     assert kinds["ssys:targets"] == "other"
     assert kinds["geometry"] == "geometry"
+
+
+def test_installs_into_two_databases_of_one_cluster_at_once_both_succeed() -> None:
+    """pgstac's roles are cluster-wide: two migrations at the same moment race on them."""
+    from tests.conftest import new_database
+
+    with new_database() as first, new_database() as second:
+        start = threading.Barrier(2)
+        versions: dict[str, str] = {}
+        errors: list[BaseException] = []
+
+        def install(url: str) -> None:
+            start.wait()
+            try:
+                versions[url] = install_schema(url)
+            except BaseException as error:  # noqa: BLE001 - reported below
+                errors.append(error)
+
+        threads = [threading.Thread(target=install, args=(url,)) for url in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert versions == {first: "0.10.0", second: "0.10.0"}
+        for url in (first, second):
+            assert served_release(url) is None  # installed, nothing loaded yet
