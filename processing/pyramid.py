@@ -139,7 +139,7 @@ def _write_level(ds: xr.Dataset, store: Store, *, group: str | None, shard: bool
     variable = _only_variable(ds)
     array = ds[variable]
     layout = storage_layout(array.shape, array.dtype.itemsize, shard=shard)
-    write_chunks = layout.shards or _write_chunks(layout.chunks, array.shape)
+    write_chunks = _write_chunks(array.chunks, layout.shards or layout.chunks)
     prepared = prepare_for_zarr(ds).chunk(dict(zip(array.dims, write_chunks, strict=True)))
     encoding: dict[str, Any] = {
         "chunks": layout.chunks,
@@ -157,12 +157,19 @@ def _write_level(ds: xr.Dataset, store: Store, *, group: str | None, shard: bool
     )
 
 
-def _write_chunks(chunks: tuple[int, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Dask chunks for writing: 2 × 2 stored chunks (the warp's block, see WARP_CHUNK_PX),
-    whole stored chunks, so that no two tasks write one object."""
-    lead = chunks[:-2]
-    spatial = tuple(min(2 * c, n) for c, n in zip(chunks[-2:], shape[-2:], strict=True))
-    return (*lead, *spatial)
+def _write_chunks(
+    chunks: tuple[tuple[int, ...], ...] | None, unit: tuple[int, ...]
+) -> tuple[int | tuple[int, ...], ...]:
+    """Dask chunks for writing: the array's own when each holds whole storage units (chunks,
+    or shards when sharded) but for the last along an axis, so that the tasks that made the
+    values write them (no rechunk: no second copy held while it waits); else one unit each.
+    Either way no two tasks write one object."""
+    if chunks is not None and all(
+        all(size % step == 0 for size in sizes[:-1])
+        for sizes, step in zip(chunks, unit, strict=True)
+    ):
+        return chunks
+    return unit
 
 
 def _reopen(store: Store, *, group: str | None) -> xr.Dataset:
