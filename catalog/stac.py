@@ -33,6 +33,7 @@ EXTENSIONS = {
     "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
     "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
     "datacube": "https://stac-extensions.github.io/datacube/v2.2.0/schema.json",
+    "eo": "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
 }
 ZARR_MEDIA_TYPE = "application/vnd+zarr"
 PNG_MEDIA_TYPE = "image/png"
@@ -168,7 +169,9 @@ def create_cube_item(
         },
         **extra,
     }
-    extensions = ["ssys", "proj", "raster", "datacube"] + (["file"] if files else [])
+    spectral = any(key.startswith(_EO) for band in cube.bands for key in band)
+    extensions = ["ssys", "proj", "raster", "datacube"] + (["eo"] if spectral else [])
+    extensions += ["file"] if files else []
     item = pystac.Item(
         id=item_id,
         geometry=dict(cube.geometry),
@@ -197,17 +200,30 @@ def create_cube_item(
     return item
 
 
+_EO = "eo:"
+
+
 def _cube_asset(cube: CubeDescription, href: str) -> pystac.Asset:
-    bands = [
-        {"data_type": cube.dtype, "unit": cube.units, "nodata": "nan"} | dict(band)
+    """The ``zarr`` asset: ``raster:bands`` (statistics, histogram), and ``eo:bands`` when the
+    bands carry ``eo:`` fields (``eo:center_wavelength`` … in micrometres, eo v1.1)."""
+    raster = [
+        {"data_type": cube.dtype, "unit": cube.units, "nodata": "nan"}
+        | {k: v for k, v in band.items() if not k.startswith(_EO)}
         for band in cube.bands
     ]
+    fields: dict[str, Any] = {"raster:bands": raster}
+    if any(key.startswith(_EO) for band in cube.bands for key in band):
+        fields["eo:bands"] = [
+            {"name": band["name"]}
+            | {k.removeprefix(_EO): v for k, v in band.items() if k.startswith(_EO)}
+            for band in cube.bands
+        ]
     return pystac.Asset(
         href=href,
         media_type=ZARR_MEDIA_TYPE,
         roles=["data"],
         title=f"Zarr v3 tile store ({cube.variable}, with overviews)",
-        extra_fields={"raster:bands": bands},
+        extra_fields=fields,
     )
 
 

@@ -46,6 +46,7 @@ def raw_products(store: Store, source: str) -> list[dict[str, Any]]:
                     "product_id": product_id,
                     "keys": sorted(f.key for f in current.files),
                     "sha256": {f.key: f.sha256 for f in current.files},
+                    "harvested": current.fetched.isoformat(),
                 }
             )
         return products
@@ -118,10 +119,14 @@ def process_command(
     except (LunarchiveError, FileNotFoundError, PermissionError) as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    lines = [
-        f"grid       {result['grid']}: {len(result['cubes'])} tile(s), "
-        f"{len(result['built'])} built, {len(result['kept'])} unchanged"
-    ]
+    lines = []
+    for name, made in sorted(result["collections"].items()):
+        lines.append(
+            f"grid       {made['grid']}: {len(made['tiles'])} tile(s), {len(made['built'])} "
+            f"built, {len(made['kept'])} unchanged  ({name}, {made['variable']})"
+        )
+    for tile in result["empty"]:
+        lines.append(f"empty      {tile['collection']} {tile['tile']}: no valid pixel, not kept")
     if result["unrecognised"]:
         lines.append(f"skipped    products of no known kind: {', '.join(result['unrecognised'])}")
     for cube in result["cubes"]:

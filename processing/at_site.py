@@ -1,12 +1,16 @@
 """Samples meet orbit: what a published cube shows at a specimen's collection site.
 
-Cubes are tiles of a lunar grid (one store per tile): :func:`sample_cube` on each tile takes
-the sites inside it and leaves the others, so each site is sampled in the one tile whose pixel
-holds it (tiles do not overlap). For every 2-D variable of that tile: the value of the pixel
-that contains the site, and the mean, standard deviation, minimum, maximum and count of the
-valid pixels whose centres lie within the position-uncertainty disc (measured on the lunar
-sphere, so equirectangular and polar grids are treated alike). The containing pixel always
-counts as inside the disc, so a site with no stated uncertainty gets that one pixel.
+Cubes are tiles of a lunar grid (one store per tile): each site is sampled in the one tile
+whose pixel holds it (tiles do not overlap). For every 2-D variable of that tile: the value of
+the pixel that contains the site, and the mean, standard deviation, minimum, maximum and count
+of the valid pixels whose centres lie within the position-uncertainty disc (measured on the
+lunar sphere, so equirectangular and polar grids are treated alike). The containing pixel
+always counts as inside the disc, so a site with no stated uncertainty gets that one pixel.
+
+A disc that crosses the tile's edge takes the pixels of the neighbouring tiles of the same grid
+too, when they are given (:func:`sample_tiles`, or ``neighbours`` of :func:`sample_cube`); the
+row and column reported stay those of the holding tile. Without neighbours the disc stops at
+the tile's edge. Discs are not wrapped across ±180° of an equirectangular grid.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import xarray as xr
 from zarr.abc.store import Store
 
 from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar, moon_geographic
+from lunarchive.processing.grids import named_grid
 from lunarchive.processing.pyramid import open_tile
 from lunarchive.schemas.errors import ProductRejected
 
@@ -36,6 +41,7 @@ __all__ = [
     "at_site_parquet_bytes",
     "open_cube",
     "sample_cube",
+    "sample_tiles",
 ]
 
 _DISC_POINTS: Final = 72  # boundary points used to find the pixel window of a disc
@@ -90,19 +96,26 @@ def sample_cube(
     cube_item: str,
     cube_version: str,
     max_pixels: int,
+    neighbours: Sequence[xr.Dataset] = (),
 ) -> tuple[list[AtSite], list[str]]:
     """The at-site values of every site the cube covers, and the refusals (one sentence each)
-    for sites whose disc would need more than ``max_pixels`` pixels."""
+    for sites whose disc would need more than ``max_pixels`` pixels.
+
+    ``neighbours`` are other tiles; those on the same grid lend the disc their pixels where
+    it crosses the cube's edge (tiles of another grid or CRS are ignored).
+    """
     crs = assert_lunar(cube.rio.crs, where=f"cube {cube_item}")
     a, b, c, d, e, f = tuple(cube.rio.transform())[:6]
     if b != 0.0 or d != 0.0:
         raise ProductRejected(f"cube {cube_item}: a rotated grid cannot be sampled at sites")
     grid = _Grid(crs, (a, c, e, f), (cube.rio.height, cube.rio.width))
-    variables = [name for name, v in cube.data_vars.items() if v.dims == ("y", "x")]
+    others = [(n, offset) for n in neighbours if (offset := grid.offset_of(n)) is not None]
+    bounds = grid.extent(cube, [offset for _, offset in others])
+    variables = [str(name) for name, v in cube.data_vars.items() if v.dims == ("y", "x")]
     rows: list[dict[str, Any]] = []
     refused: list[str] = []
     for site in sites:
-        window = grid.window(site)
+        window = grid.window(site, bounds)
         if window is None:
             continue  # the tile does not cover the site
         (r0, r1, c0, c1), (row, col) = window
@@ -115,9 +128,7 @@ def sample_cube(
             continue
         inside = grid.disc(site, (r0, r1, c0, c1), (row, col))
         for name in variables:
-            values = np.asarray(
-                cube[name].isel(y=slice(r0, r1), x=slice(c0, c1)).values, dtype="float64"
-            )
+            values = _window_values(name, [(cube, (0, 0)), *others], (r0, r1, c0, c1))
             rows.append(
                 _summarise(site, values, inside, (row - r0, col - c0))
                 | {"row": row, "col": col, "variable": name}
@@ -126,6 +137,51 @@ def sample_cube(
                 | {"pixel_size_y_m": abs(e)}
             )
     return [AtSite(**row) for row in rows], refused
+
+
+def sample_tiles(
+    tiles: Sequence[tuple[xr.Dataset, str, str]], sites: Sequence[Site], *, max_pixels: int
+) -> tuple[list[AtSite], list[str]]:
+    """:func:`sample_cube` over every tile ``(cube, item id, version)``, each with the others
+    as neighbours, so that a disc crossing a tile edge sees the pixels on both sides."""
+    rows: list[AtSite] = []
+    refused: list[str] = []
+    for i, (cube, item, version) in enumerate(tiles):
+        found, no = sample_cube(
+            cube,
+            sites,
+            cube_item=item,
+            cube_version=version,
+            max_pixels=max_pixels,
+            neighbours=[other for j, (other, _, _) in enumerate(tiles) if j != i],
+        )
+        rows += found
+        refused += no
+    return rows, refused
+
+
+def _window_values(
+    name: str,
+    tiles: Sequence[tuple[xr.Dataset, tuple[int, int]]],
+    window: tuple[int, int, int, int],
+) -> np.ndarray:
+    """The window (rows r0..r1, columns c0..c1 of the holding tile's pixel grid) of variable
+    ``name``, pieced together from the tiles that cover it (NaN where none does)."""
+    r0, r1, c0, c1 = window
+    values = np.full((r1 - r0, c1 - c0), np.nan)
+    for tile, (dr, dc) in tiles:
+        if name not in tile.data_vars or tile[name].dims != ("y", "x"):
+            continue
+        height, width = tile[name].shape
+        top, bottom = max(r0, dr), min(r1, dr + height)
+        left, right = max(c0, dc), min(c1, dc + width)
+        if top >= bottom or left >= right:
+            continue
+        piece = tile[name].isel(y=slice(top - dr, bottom - dr), x=slice(left - dc, right - dc))
+        values[top - r0 : bottom - r0, left - c0 : right - c0] = np.asarray(
+            piece.values, dtype="float64"
+        )
+    return values
 
 
 def _summarise(
@@ -159,6 +215,7 @@ class _Grid:
     ) -> None:
         self.a, self.c, self.e, self.f = affine
         self.shape = shape
+        self.crs = crs
         self.forward = pyproj.Transformer.from_crs(moon_geographic(), crs, always_xy=True)
         self.inverse = pyproj.Transformer.from_crs(crs, moon_geographic(), always_xy=True)
 
@@ -169,7 +226,54 @@ class _Grid:
             np.floor((np.asarray(x) - self.c) / self.a).astype(int),
         )
 
-    def window(self, site: Site) -> tuple[tuple[int, int, int, int], tuple[int, int]] | None:
+    def offset_of(self, other: xr.Dataset) -> tuple[int, int] | None:
+        """Where ``other``'s top-left pixel lies in this grid's pixels (rows, columns), when
+        ``other`` is a tile of the same grid: same CRS, same pixel size, whole-pixel offset."""
+        try:
+            crs = pyproj.CRS.from_user_input(other.rio.crs)
+        except (pyproj.exceptions.CRSError, TypeError):
+            return None
+        a, _, c, _, e, f = tuple(other.rio.transform())[:6]
+        if not crs.equals(self.crs) or not (
+            math.isclose(a, self.a, rel_tol=1e-9) and math.isclose(e, self.e, rel_tol=1e-9)
+        ):
+            return None
+        rows, cols = (f - self.f) / self.e, (c - self.c) / self.a
+        if abs(rows - round(rows)) > 1e-6 or abs(cols - round(cols)) > 1e-6:
+            return None
+        return round(rows), round(cols)
+
+    def extent(
+        self, cube: xr.Dataset, offsets: Sequence[tuple[int, int]]
+    ) -> tuple[int, int, int, int]:
+        """Rows and columns (first, past the last) a disc window may span: the tile alone
+        without neighbours; with them, the whole named grid (``lunarchive:grid``)."""
+        height, width = self.shape
+        if not offsets:
+            return 0, height, 0, width
+        name = cube.attrs.get("lunarchive:grid")
+        if isinstance(name, str):
+            try:
+                grid = named_grid(name)
+            except KeyError:
+                grid = None
+            if grid is not None:
+                x0, y0 = grid.origin
+                dr = round((y0 - self.f) / self.e)
+                dc = round((x0 - self.c) / self.a)
+                return dr, dr + grid.shape[0], dc, dc + grid.shape[1]
+        return (
+            min(0, *(r for r, _ in offsets)),
+            max(height, *(r + height for r, _ in offsets)),
+            min(0, *(c for _, c in offsets)),
+            max(width, *(c + width for _, c in offsets)),
+        )
+
+    def window(
+        self, site: Site, bounds: tuple[int, int, int, int]
+    ) -> tuple[tuple[int, int, int, int], tuple[int, int]] | None:
+        """The disc's pixel window (within ``bounds``) and the pixel holding the site, or
+        None when this tile does not hold it."""
         rows, cols = self._pixel(np.array([site.lon_deg]), np.array([site.lat_deg]))
         row, col = int(rows[0]), int(cols[0])
         height, width = self.shape
@@ -186,11 +290,12 @@ class _Grid:
             np.full(_DISC_POINTS, radius),
         )
         ring_rows, ring_cols = self._pixel(np.asarray(lons), np.asarray(lats))
+        top, bottom, left, right = bounds
         # one pixel of margin: a centre inside the disc may lie just past a boundary sample
-        r0 = max(0, min(int(ring_rows.min()), row) - 1)
-        r1 = min(height, max(int(ring_rows.max()), row) + 2)
-        c0 = max(0, min(int(ring_cols.min()), col) - 1)
-        c1 = min(width, max(int(ring_cols.max()), col) + 2)
+        r0 = max(top, min(int(ring_rows.min()), row) - 1)
+        r1 = min(bottom, max(int(ring_rows.max()), row) + 2)
+        c0 = max(left, min(int(ring_cols.min()), col) - 1)
+        c1 = min(right, max(int(ring_cols.max()), col) + 2)
         return (r0, r1, c0, c1), (row, col)
 
     def disc(

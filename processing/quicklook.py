@@ -3,13 +3,17 @@
 
 Made from the coarsest overview that is still at least as detailed as the thumbnail (so the
 full-resolution data is never read for it), encoded by Pillow without any metadata that
-changes between runs (the same tile gives the same bytes, R9).
+changes between runs (the same tile gives the same bytes, R9). Colours are stretched between
+the 2nd and 98th percentiles of each band: those of the full-resolution statistics when given
+(``limits``), so that a tile with few valid pixels (a small crop decimated to a handful) is not
+stretched across those few alone, which saturates every channel.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from typing import Final, Literal
 
 import numpy as np
@@ -28,12 +32,18 @@ _STRETCH_PERCENT: Final = (2.0, 98.0)
 _RELIEF_LENGTH_M: Final = 1000.0
 
 
-def quicklook_png(variable: xr.DataArray, *, style: Style | None = None) -> bytes:
+Limits = Sequence[tuple[float, float] | None]
+
+
+def quicklook_png(
+    variable: xr.DataArray, *, style: Style | None = None, limits: Limits | None = None
+) -> bytes:
     """PNG bytes of ``variable`` (``(y, x)`` or ``(band, y, x)``, NaN empty, georeferenced).
 
     ``style`` defaults to false colour for several bands, hillshade for a band in metres
     (elevation), grey otherwise. A variable larger than 512 px is decimated (pass an overview
-    level to keep this cheap).
+    level to keep this cheap). ``limits`` gives each band's (low, high) stretch (band order;
+    None: from the pixels shown).
     """
     chosen = style or _default_style(variable)
     step = max(1, math.ceil(max(variable.shape[-2:]) / QUICKLOOK_MAX_PX))
@@ -43,10 +53,10 @@ def quicklook_png(variable: xr.DataArray, *, style: Style | None = None) -> byte
         x_res, y_res = (abs(v) * step for v in variable.rio.resolution())
         rgba = _grey_rgba(_hillshade(_first_band(values), x_res, y_res), _first_band(values))
     elif chosen == "false_colour":
-        rgba = _false_colour(values, _wavelength_order(small))
+        rgba = _false_colour(values, _wavelength_order(small), limits)
     else:
         band = _first_band(values)
-        rgba = _grey_rgba(_stretch(band), band)
+        rgba = _grey_rgba(_stretch(band, limits[0] if limits else None), band)
     buffer = io.BytesIO()
     Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG", optimize=False)
     return buffer.getvalue()
@@ -78,11 +88,11 @@ def _hillshade(height: np.ndarray, x_res: float, y_res: float) -> np.ndarray:
     return result
 
 
-def _stretch(band: np.ndarray) -> np.ndarray:
+def _stretch(band: np.ndarray, limits: tuple[float, float] | None = None) -> np.ndarray:
     valid = band[np.isfinite(band)]
     if valid.size == 0:
         return np.zeros_like(band)
-    low, high = np.percentile(valid, _STRETCH_PERCENT)
+    low, high = limits if limits is not None else np.percentile(valid, _STRETCH_PERCENT)
     span = high - low if high > low else 1.0
     result: np.ndarray = np.clip((np.nan_to_num(band, nan=low) - low) / span, 0.0, 1.0)
     return result
@@ -100,10 +110,13 @@ def _wavelength_order(variable: xr.DataArray) -> np.ndarray:
     return np.arange(variable.sizes["band"])
 
 
-def _false_colour(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+def _false_colour(values: np.ndarray, order: np.ndarray, limits: Limits | None) -> np.ndarray:
     """Red, green, blue from the longest, middle and shortest wavelength bands."""
     count = len(order)
     picks = (order[count - 1], order[count // 2], order[0])
-    channels = [(_stretch(values[i]) * 255.0 + 0.5).astype(np.uint8) for i in picks]
+    channels = [
+        (_stretch(values[i], limits[i] if limits else None) * 255.0 + 0.5).astype(np.uint8)
+        for i in picks
+    ]
     alpha = np.where(np.isfinite(values).all(axis=0), 255, 0).astype(np.uint8)
     return np.dstack([*channels, alpha])

@@ -19,9 +19,13 @@ import xarray as xr
 from rasterio.windows import Window  # type: ignore[import-untyped]
 
 from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
+from lunarchive.processing.tiles import open_bands
 from lunarchive.schemas.errors import ProductRejected
 
-__all__ = ["open_dem"]
+__all__ = ["MULTIBAND_VARIABLE", "band_count", "open_dem", "open_map"]
+
+MULTIBAND_VARIABLE = "reflectance"
+"""The variable name of multi-band maps (Kaguya MI and M3 map products store reflectance)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,38 @@ def open_dem(path: Path) -> xr.DataArray:
     result.attrs = _height_attrs(facts, radius_offset=radius_offset)
     result.encoding["source"] = str(path)
     return result
+
+
+def band_count(path: Path) -> int:
+    """How many bands GDAL sees in ``path`` (opened through its label)."""
+    try:
+        with rasterio.open(path) as src:
+            return int(src.count)
+    except rasterio.errors.RasterioIOError as exc:
+        raise ProductRejected(
+            f"{path.name}: GDAL cannot open it ({exc}) (rule: a product is a GDAL-readable "
+            "raster, opened through its label when the data is detached)"
+        ) from None
+
+
+def open_map(path: Path) -> xr.DataArray:
+    """Open a map product lazily: one band as :func:`open_dem` (height, ``(y, x)``), several
+    as :func:`~lunarchive.processing.tiles.open_bands` (``(band, y, x)`` with wavelengths).
+
+    A multi-band product is checked like a DEM before any lazy read (a lunar CRS, every line
+    its label declares) and is taken as reflectance, dimensionless (``units`` ``"1"``).
+    """
+    if band_count(path) == 1:
+        return open_dem(path)
+    with rasterio.open(path) as src:
+        assert_lunar(src.crs, where=path.name)
+        _check_complete(src, path)
+    bands = open_bands(path)
+    bands.attrs = {
+        "units": "1",
+        "long_name": "reflectance (DN x scale + offset, per band)",
+    }
+    return bands
 
 
 def _inspect(path: Path) -> _RasterFacts:

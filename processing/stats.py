@@ -43,6 +43,21 @@ class BandStatistics:
     def valid_percent(self) -> float:
         return 100.0 * self.valid_count / self.pixel_count if self.pixel_count else 0.0
 
+    def percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile (0..100) read off the histogram, linear within a bucket."""
+        if not self.valid_count or self.minimum is None or self.maximum is None:
+            return None
+        if not self.histogram or self.maximum == self.minimum:
+            return self.minimum
+        width = (self.maximum - self.minimum) / len(self.histogram)
+        target = q / 100.0 * self.valid_count
+        seen = 0
+        for i, count in enumerate(self.histogram):
+            if count and seen + count >= target:
+                return self.minimum + (i + (target - seen) / count) * width
+            seen += count
+        return self.maximum
+
     def as_raster_band(self) -> dict[str, Any]:
         """``statistics`` and ``histogram`` of a STAC raster extension band object."""
         statistics: dict[str, Any] = {"valid_percent": self.valid_percent}

@@ -8,6 +8,7 @@ fall on two tiles of ``moon-eqc-512``: r011c031 (52.5–52°W) and r011c032 (52�
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from PIL import Image
 
 from lunarchive.catalog.layout import LATEST_KEY
 from lunarchive.catalog.store import Store, open_store
-from lunarchive.flows.process import InputFacts, default_grid, label_key
+from lunarchive.flows.process import InputFacts, collections_of, default_grid, label_key, plan_tiles
 from lunarchive.processing.crs import MOON_RADIUS_M, iau_code
 from lunarchive.processing.demo_archive import demo_heights_dn, write_demo_archive
 from lunarchive.processing.grids import named_grid
@@ -238,6 +240,12 @@ def facts(crs: str, resolution_m: float) -> InputFacts:
         ("IAU_2015:30100", 240.0, "moon-eqc-128"),
         ("IAU_2015:30135", 240.0, "moon-sp-237"),
         ("IAU_2015:30130", 2000.0, "moon-np-1895"),
+        # IAU_2015:30135 as a GeoTIFF reads it back: variant B, the pole as the standard parallel
+        ("+proj=stere +lat_0=-90 +lat_ts=-90 +lon_0=0 +R=1737400 +units=m", 7580.8, "moon-sp-7581"),
+        # finer than the ladder's finest rung: a grid at the input's own resolution (Kaguya MI)
+        ("IAU_2015:30110", 14.806, "moon-eqc-2048"),
+        ("IAU_2015:30110", 45.0, "moon-eqc-512"),
+        ("IAU_2015:30135", 14.806, "moon-sp-14.8"),
     ],
 )
 def test_a_collection_without_a_grid_gets_the_nearest_named_one(
@@ -249,7 +257,43 @@ def test_a_collection_without_a_grid_gets_the_nearest_named_one(
 def test_product_facts_survive_their_json_and_what_gdal_opens_is_found() -> None:
     known = facts("IAU_2015:30110", 59.2)
     assert InputFacts.from_json(known.to_json()) == known
+    spectral = dataclasses.replace(
+        known, bands=2, wavelengths=(414.0, 749.0), band_names=("MV1", "MV2"),
+        bandwidths=(20.0, 12.0), created=datetime(2015, 1, 2, tzinfo=UTC),
+        fetched=datetime(2026, 1, 2, tzinfo=UTC),
+    )  # fmt: skip
+    assert InputFacts.from_json(spectral.to_json()) == spectral
+    assert spectral.kind == (2, (414.0, 749.0)) and known.kind == (1, ())
     assert label_key(["raw/s/p/p.img", "raw/s/p/p.xml"]) == "raw/s/p/p.xml"
     assert label_key(["raw/s/p/LDEM_4.IMG", "raw/s/p/LDEM_4.LBL"]) == "raw/s/p/LDEM_4.LBL"
     assert label_key(["raw/s/p/p.xml"]) is None  # a PDS4 label without its data
     assert label_key(["raw/s/p/notes.txt"]) is None
+
+
+def test_inputs_of_different_bands_or_poles_never_share_a_collection() -> None:
+    dem = dataclasses.replace(facts("IAU_2015:30110", 7580.0), product_id="dem")
+    polar = dataclasses.replace(facts("IAU_2015:30135", 7580.0), product_id="polar")
+    mi = dataclasses.replace(
+        facts("IAU_2015:30110", 14.8), product_id="mi", bands=9, wavelengths=(414.0,) * 9
+    )
+    m3 = dataclasses.replace(mi, product_id="m3", bands=85, wavelengths=(460.0,) * 85)
+    other_mi = dataclasses.replace(mi, product_id="mi2", wavelengths=(415.0,) * 9)
+    made = collections_of([dem, polar, mi, m3, other_mi], "s")
+    assert {name: (grid, variable, [f.product_id for f in inputs])
+            for name, (grid, variable, inputs) in made.items()} == {
+        "s-dem": ("moon-eqc-4", "height", ["dem"]),
+        "s-dem-sp": ("moon-sp-7581", "height", ["polar"]),
+        "s-85band": ("moon-eqc-2048", "reflectance", ["m3"]),
+        f"s-9band-{sha6((414.0,) * 9)}": ("moon-eqc-2048", "reflectance", ["mi"]),
+        f"s-9band-{sha6((415.0,) * 9)}": ("moon-eqc-2048", "reflectance", ["mi2"]),
+    }  # fmt: skip
+    declared = collections_of([dem, polar, mi], "s", grid="moon-eqc-16")
+    assert {n: (g, [f.product_id for f in i]) for n, (g, _, i) in declared.items()} == {
+        "s-dem": ("moon-eqc-16", ["dem", "polar"]), "s-9band": ("moon-eqc-16", ["mi"]),
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="different bands"):
+        plan_tiles([dem, mi], "s-dem", grid="moon-eqc-4", resampling="nearest", rule="newest")
+
+
+def sha6(wavelengths: tuple[float, ...]) -> str:
+    return hashlib.sha256(json.dumps(wavelengths).encode()).hexdigest()[:6]
