@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import pyproj
 import rasterio  # type: ignore[import-untyped]
@@ -22,9 +23,23 @@ from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
 from lunarchive.processing.tiles import open_bands
 from lunarchive.schemas.errors import ProductRejected
 
-__all__ = ["MULTIBAND_VARIABLE", "band_count", "open_dem", "open_map"]
+__all__ = [
+    "GDAL_CACHE_MIB",
+    "MULTIBAND_VARIABLE",
+    "READ_CHUNK",
+    "band_count",
+    "open_dem",
+    "open_map",
+]
 
 MULTIBAND_VARIABLE = "reflectance"
+# Lazy reads in chunks of about this size, aligned on the file's blocks (dask's default, 128
+# MiB, makes a whole input tile one chunk: its decoded copies then sit in memory at once).
+READ_CHUNK = "8MiB"
+# GDAL's block cache for the processes that build tiles: Dask holds the decoded chunks and
+# reads each input chunk once, so GDAL's default (5 % of the machine's memory, which Dask
+# can neither see nor spill) would only hold copies. Set as GDAL_CACHEMAX in the workers.
+GDAL_CACHE_MIB = 64
 """The variable name of multi-band maps (Kaguya MI and M3 map products store reflectance)."""
 
 
@@ -48,7 +63,8 @@ def open_dem(path: Path) -> xr.DataArray:
     if not path.is_file():
         raise FileNotFoundError(path)
     facts = _inspect(path)
-    raw = rioxarray.open_rasterio(path, chunks=True, mask_and_scale=False)
+    with dask.config.set({"array.chunk-size": READ_CHUNK}):
+        raw = rioxarray.open_rasterio(path, chunks=True, mask_and_scale=False)
     assert isinstance(raw, xr.DataArray)  # one band, checked by _inspect
     raw = raw.squeeze("band", drop=True)
     values = raw.astype(np.float32)

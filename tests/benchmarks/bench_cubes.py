@@ -47,7 +47,6 @@ POLAR_EDGE_LAT = -80.0
 ZSTD_LEVEL = 3
 CHUNK_PX = 512
 TOLERANCE_M = 1.0  # bilinear interpolation error of the smooth surface at these resolutions
-GDAL_CACHE_MIB = 64  # GDAL's block cache in each worker of the bounded-memory run
 
 
 def surface(lon_deg: np.ndarray, lat_deg: np.ndarray) -> np.ndarray:
@@ -248,6 +247,12 @@ def child(
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
     jobs = [Job(**j) for j in json.loads(jobs_file.read_text())]
     client = None
+    if tool == "lunarchive":
+        # lunarchive's small GDAL block cache, as the process flow's workers get it (imported
+        # here only: the GDAL child must not pay for lunarchive's imports)
+        from lunarchive.processing.readers import GDAL_CACHE_MIB
+
+        os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MIB))
     if tool == "lunarchive" and scheduler == "threads":
         import dask
 
@@ -261,10 +266,7 @@ def child(
             processes=True,
             dashboard_address=None,
             memory_limit=f"{memory_limit_mib}MiB" if memory_limit_mib else "auto",
-            # Under a memory limit, GDAL's block cache (5 % of the machine's RAM by default,
-            # which Dask can neither see nor spill) is kept small: Dask holds the decoded
-            # chunks itself.
-            env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB)} if memory_limit_mib else None,
+            env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB)},
         )
         client = Client(cluster)
         for module in ("lunarchive.processing.warp", "lunarchive.processing.pyramid", "zarr"):
@@ -491,6 +493,8 @@ def _run_bounded(root: Path, size_mb: float, cores: int, limit_mib: float) -> in
     single-threaded workers), each worker limited to ``limit_mib``: Dask spills what it holds
     past the limit's thresholds and the nanny would kill a worker past 95 %, so finishing
     with correct outputs shows the build's memory bounded by the workers, not the input."""
+    from lunarchive.processing.readers import GDAL_CACHE_MIB
+
     (root / "in").mkdir(parents=True, exist_ok=True)
     jobs, input_bytes = generate(root / "in", size_mb)
     jobs_file = root / "jobs.json"
