@@ -23,7 +23,8 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -58,6 +59,7 @@ SHA256_METADATA = "sha256"  # sent as x-amz-meta-sha256
 _BLOCK = 1024 * 1024
 _SINGLE_PUT_MAX = 16 * 1024 * 1024  # larger files go up as a multipart upload
 _PART = 8 * 1024 * 1024
+_WRITERS = 16  # concurrent PUTs of create_many: a release is many small objects
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _REFUSED = re.compile(r"\b403 Forbidden\b")
 _T = TypeVar("_T")
@@ -209,6 +211,16 @@ class S3Store:
     def create(self, key: str, data: bytes) -> ObjectInfo:
         tag = self._put(key, data, _sha256_bytes(data), mode="create")
         return ObjectInfo(key, len(data), tag)
+
+    def create_many(self, objects: Iterable[tuple[str, bytes, str]]) -> list[ObjectInfo]:
+        """Concurrent creates (a PUT is durable when it returns; obstore releases the GIL)."""
+
+        def create(obj: tuple[str, bytes, str]) -> ObjectInfo:
+            key, data, sha256 = obj
+            return ObjectInfo(key, len(data), self._put(key, data, sha256, mode="create"))
+
+        with ThreadPoolExecutor(_WRITERS, thread_name_prefix="lunarchive-s3-create") as pool:
+            return list(pool.map(create, objects))
 
     def swap(self, key: str, data: bytes, *, expected_tag: str | None) -> ObjectInfo:
         mode: PutMode = {"e_tag": expected_tag} if expected_tag else "create"

@@ -10,16 +10,20 @@ release whose objects equal the current one's publishes nothing, so reruns write
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pystac
 import stac_geoparquet.arrow
 
@@ -35,6 +39,7 @@ __all__ = [
     "create_once",
     "draft_release",
     "inventory",
+    "paused_gc",
     "publish_release",
     "read_current",
 ]
@@ -43,8 +48,7 @@ __all__ = [
 # reaches the store root by four levels up, and the release root (items.parquet) by two.
 ITEM_TO_ROOT = "../../../../"
 _RELEASE_TO_ROOT = "../../"
-# A release is many small objects (one per item): written by this many threads at once, each
-# still a create-if-absent; the manifest and the pointer follow only when all are written.
+# Threads of the slow path that completes a release a crashed attempt left half written.
 _WRITERS = 16
 _PLACEHOLDER = "releases/{version}/"
 
@@ -56,11 +60,16 @@ class ReleaseDraft:
     files: Mapping[str, bytes]  # keys relative to releases/<version>/
     shared: Sequence[ManifestEntry]  # cubes, raw assets: keys relative to the store root
 
+    @cached_property
+    def sha256(self) -> dict[str, str]:
+        """The sha256 of each own file, by key (hashed once: for the identity, the writes
+        and the manifest)."""
+        return {key: hashlib.sha256(data).hexdigest() for key, data in self.files.items()}
+
     def identity(self) -> list[tuple[str, int, str]]:
         """What makes two releases the same, whatever their version names."""
         own = [
-            (_PLACEHOLDER + key, len(data), hashlib.sha256(data).hexdigest())
-            for key, data in self.files.items()
+            (_PLACEHOLDER + key, len(data), self.sha256[key]) for key, data in self.files.items()
         ]
         return sorted(own + [(e.key, e.size, e.sha256) for e in self.shared])
 
@@ -82,6 +91,13 @@ def draft_release(
 ) -> ReleaseDraft:
     """Render the static tree (relative links), the stac-geoparquet of every item, and the
     ``extra`` files (e.g. queryables; keys relative to the release root)."""
+    with paused_gc():
+        return _draft(catalog, shared, extra)
+
+
+def _draft(
+    catalog: pystac.Catalog, shared: Iterable[ManifestEntry], extra: Mapping[str, bytes] | None
+) -> ReleaseDraft:
     rendered = _render(catalog)
     files = {key: _json_file(document) for key, document in rendered.items()}
     files = dict(sorted(files.items())) | dict(extra or {})
@@ -137,7 +153,9 @@ def _render_node(
         elif link.rel in ("parent", "collection") and parent is not None:
             links.append(_link(link.rel, "../" + parent[0], "application/json", parent[1]))
         elif link.rel in ("child", "item"):
-            child = link.resolve_stac_object().target
+            # an object built in memory is linked already: resolving it again would re-set
+            # its parent link, once per item
+            child = (link if link.is_resolved() else link.resolve_stac_object()).target
             assert isinstance(child, pystac.STACObject)
             kind = "application/geo+json" if link.rel == "item" else "application/json"
             links.append(_link(link.rel, "./" + _node_file(child), kind, _title(child)))
@@ -167,16 +185,44 @@ def _link(rel: str, href: str, media_type: str, title: str | None) -> dict[str, 
 
 
 def _json_file(document: dict[str, Any]) -> bytes:
-    text = _STAC_IO.json_dumps(document)
-    return (text.rstrip("\n") + "\n").encode("utf-8")
+    """pystac's encoding (which is orjson's, two-space indent), with a final newline."""
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-_STAC_IO = pystac.StacIO.default()
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cycle collector off for a while (back on after, if it was on).
+
+    A release is millions of small, acyclic dicts and lists; while they pile up, each full
+    collection walks all of them again (and every pystac object held beside them): at
+    100 000 items that is most of the time of rendering, validating and writing."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class _OwnedItem(dict[str, Any]):
+    """An item dict made for one geoparquet conversion and dropped after it.
+
+    stac-geoparquet deep-copies every item before it turns the copy's geometries (the item's,
+    ``properties["proj:geometry"]``, each asset's) into WKB; at 100 000 items that copy is
+    most of its time. These dicts are ours alone, so a copy of the levels it changes is as
+    safe (and if it stops copying, this is simply not called)."""
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return self | {
+            "properties": dict(self["properties"]),
+            "assets": {name: dict(asset) for name, asset in self["assets"].items()},
+        }
 
 
 def _item_for_release_root(document: dict[str, Any]) -> dict[str, Any]:
     """An item as stored in items.parquet: hrefs relative to the release root."""
-    data = dict(document)
+    data = _OwnedItem(document)
     data["assets"] = {
         name: asset | {"href": _rebase(asset["href"])} for name, asset in data["assets"].items()
     }
@@ -242,6 +288,11 @@ def publish_release(
     Raises StoreConflict when another publisher flipped the pointer first (nothing of this
     release is then referenced; a later run publishes again on top of the winner).
     """
+    with paused_gc():
+        return _publish(store, draft, now)
+
+
+def _publish(store: Store, draft: ReleaseDraft, now: datetime | None) -> PublishResult:
     current = read_current(store)
     item_count = sum(1 for key in draft.files if key.count("/") == 2)
     if current and _identity_of(current[1]) == draft.identity():
@@ -250,11 +301,7 @@ def publish_release(
     now = (now or datetime.now(UTC)).replace(microsecond=0)
     digest = hashlib.sha256(json.dumps(draft.identity()).encode()).hexdigest()
     version = f"{now:%Y%m%dT%H%M%SZ}-{digest[:6]}"
-    prefix = release_prefix(version)
-    with ThreadPoolExecutor(_WRITERS, thread_name_prefix="lunarchive-publish") as pool:
-        own = list(
-            pool.map(lambda kv: create_once(store, prefix + kv[0], kv[1]), draft.files.items())
-        )
+    own = _write_own_files(store, release_prefix(version), draft)
     manifest = ReleaseManifest(version=version, created=now, objects=[*own, *draft.shared])
     create_once(store, manifest_key(version), json_bytes(manifest.model_dump(mode="json")))
     previous = current[0].version if current else None
@@ -265,6 +312,24 @@ def publish_release(
     store.swap(LATEST_KEY, json_bytes(pointer.model_dump(mode="json")), expected_tag=expected_tag)
     keys = [entry.key for entry in own] + [manifest_key(version), LATEST_KEY]
     return PublishResult(version, True, len(keys), item_count, previous, keys)
+
+
+def _write_own_files(store: Store, prefix: str, draft: ReleaseDraft) -> list[ManifestEntry]:
+    """Create the release's own files under its prefix, durable before the manifest names
+    them. A file already there (a crashed attempt of the same release in the same second)
+    counts as made when its bytes are the same."""
+    sha256 = draft.sha256
+    try:
+        store.create_many((prefix + key, data, sha256[key]) for key, data in draft.files.items())
+    except StoreConflict:
+        with ThreadPoolExecutor(_WRITERS, thread_name_prefix="lunarchive-publish") as pool:
+            return list(
+                pool.map(lambda kv: create_once(store, prefix + kv[0], kv[1]), draft.files.items())
+            )
+    return [
+        ManifestEntry(key=prefix + key, size=len(data), sha256=sha256[key])
+        for key, data in draft.files.items()
+    ]
 
 
 def create_once(store: Store, key: str, data: bytes) -> ManifestEntry:

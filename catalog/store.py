@@ -7,13 +7,17 @@ to the store root and are checked so that none can escape it.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +40,8 @@ __all__ = [
 ]
 
 _CHUNK = 1024 * 1024
+_WRITERS = 8  # create_many: threads overlapping the kernel's file and folder creation
+_REFUSED_CHARS = re.compile(r"[\x00-\x1f\\]")  # control characters and backslashes
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,11 @@ class Store(Protocol):
     ``sha256=`` on a write is the caller's word for the bytes' sha256 (a sync has just
     checked them against the manifest); the store then need not hash them again. ``sha256()``
     may answer from what the store recorded at write time; ``rehash=True`` reads the bytes.
+
+    ``create_many`` takes ``(key, data, sha256)`` triples (the sha256 again the caller's word)
+    and creates each like ``create``, raising StoreConflict for a key that exists; when it
+    returns, every object it made is durable. A crash before then leaves some of them, maybe
+    incomplete, which is harmless under a prefix nothing references yet.
     """
 
     url: str
@@ -83,6 +94,7 @@ class Store(Protocol):
     def write(self, key: str, data: bytes, *, sha256: str | None = None) -> ObjectInfo: ...
     def write_file(self, key: str, path: Path, *, sha256: str | None = None) -> ObjectInfo: ...
     def create(self, key: str, data: bytes) -> ObjectInfo: ...
+    def create_many(self, objects: Iterable[tuple[str, bytes, str]]) -> list[ObjectInfo]: ...
     def swap(self, key: str, data: bytes, *, expected_tag: str | None) -> ObjectInfo: ...
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
     def sha256(self, key: str, *, rehash: bool = False) -> str: ...
@@ -105,7 +117,7 @@ def check_key(key: str) -> str:
     A trailing ``/`` is allowed (it names a prefix). Percent-encoded dots and slashes are
     decoded before the check, so ``%2e%2e/x`` is refused like ``../x``.
     """
-    if not key or key.startswith("/") or any(ch == "\\" or ord(ch) < 32 for ch in key):
+    if not key or key.startswith("/") or _REFUSED_CHARS.search(key):
         raise InvalidKey(f"object key {key!r} is refused: empty, absolute, control or backslash")
     parts = key.removesuffix("/").split("/")
     for part in parts:
@@ -238,6 +250,50 @@ class FolderStore:
                 raise StoreConflict(f"{self.url}/{key} already exists") from None
         return ObjectInfo(key, len(data), tag)
 
+    def create_many(self, objects: Iterable[tuple[str, bytes, str]]) -> list[ObjectInfo]:
+        """Create each object (temp file, then a link that refuses an existing name), then
+        make them all durable with one sync of the file system (syncfs) instead of an fsync
+        per file: a release is 100 000 small files. Threads overlap the system calls
+        (creating a file or a folder costs more in the kernel than in Python)."""
+        made: set[str] = set()  # folders created or checked in this batch
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            with ThreadPoolExecutor(_WRITERS, thread_name_prefix="lunarchive-create") as pool:
+                return list(pool.map(lambda o: self._create_unsynced(o, made), objects))
+        finally:  # also on a conflict: what was made is durable, whatever the caller does next
+            _sync_file_system(self.root)
+
+    def _create_unsynced(self, obj: tuple[str, bytes, str], made: set[str]) -> ObjectInfo:
+        key, data, sha256 = obj
+        folder, _, name = check_key(key).rpartition("/")
+        self._make_folder(folder, made)
+        parent = os.path.join(self.root, folder)
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+        try:
+            with open(fd, "wb") as out:
+                out.write(data)
+            os.link(temp, os.path.join(parent, name))  # atomic; fails if the name exists
+        except FileExistsError:
+            raise StoreConflict(f"{self.url}/{key} already exists") from None
+        finally:
+            os.unlink(temp)
+        return ObjectInfo(key, len(data), sha256)
+
+    def _make_folder(self, folder: str, made: set[str]) -> None:
+        """Make ``folder`` (a checked key's folder) and its parents, refusing an existing one
+        that is a link out of the root, as ``_path`` does, with one mkdir per new folder
+        instead of resolving every path."""
+        if not folder or folder in made:
+            return
+        self._make_folder(folder.rpartition("/")[0], made)
+        path = os.path.join(self.root, folder)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if os.path.islink(path) and not Path(path).resolve().is_relative_to(self.root):
+                raise InvalidKey(f"folder {folder!r} resolves outside the store root") from None
+        made.add(folder)
+
     def swap(self, key: str, data: bytes, *, expected_tag: str | None) -> ObjectInfo:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,6 +359,28 @@ class FolderStore:
 
     def check_conditional_writes(self) -> None:
         """A folder always honours them: link() refuses an existing name, swaps are locked."""
+
+
+@functools.cache
+def _syncfs() -> Any:
+    """The C library's syncfs(2) (Linux), or None: Python's ``os`` has no binding for it."""
+    return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+
+
+def _sync_file_system(folder: Path) -> None:
+    """Flush every pending write of the file system holding ``folder`` to its disk: syncfs,
+    or ``os.sync`` (every file system) where the C library has no syncfs."""
+    syncfs = _syncfs()
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        if syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs({folder}): {os.strerror(code)}")
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import jsonschema
+import orjson
 from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource, Unresolvable
 from referencing.jsonschema import DRAFT7
@@ -38,6 +39,7 @@ try:  # optional: the fast path (see the module docstring)
 except ImportError:  # pragma: no cover - depends on the environment
     jsonschema_rs = None  # type: ignore[assignment]
 
+from lunarchive.catalog.publish import paused_gc
 from lunarchive.schemas.errors import LunarchiveError
 
 __all__ = [
@@ -157,10 +159,14 @@ class StacValidator:
         """Validate every STAC JSON document of a rendered release; returns their keys.
 
         Files that are not STAC objects (queryables, manifests) are left out."""
+        with paused_gc():
+            return self._validate_files(files)
+
+    def _validate_files(self, files: Mapping[str, bytes]) -> list[str]:
         documents = []
         for key, data in files.items():
             if key.endswith(".json"):
-                document = json.loads(data)
+                document = orjson.loads(data)
                 if document.get("type") not in _CORE:
                     continue  # not a STAC object (queryables: a JSON Schema)
                 try:

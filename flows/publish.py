@@ -26,6 +26,7 @@ from lunarchive.catalog.publish import (
     PublishResult,
     ReleaseDraft,
     draft_release,
+    paused_gc,
     publish_release,
     read_current,
 )
@@ -221,6 +222,13 @@ def build_catalog(
     name: str, cubes: list[pystac.Item], samples: SampleCatalog
 ) -> tuple[pystac.Catalog, dict[str, bytes]]:
     """The release's catalog, and the queryables of each collection (keyed in the release)."""
+    with paused_gc():  # pystac makes several objects per item: see paused_gc
+        return _build_catalog(name, cubes, samples)
+
+
+def _build_catalog(
+    name: str, cubes: list[pystac.Item], samples: SampleCatalog
+) -> tuple[pystac.Catalog, dict[str, bytes]]:
     catalog = create_catalog(CATALOG_ID, "Lunar sample and remote-sensing data of lunarchive.")
     queryables: dict[str, bytes] = {}
     if cubes:
@@ -251,9 +259,14 @@ def _add_collection(
     items: list[pystac.Item],
     make_queryables: Callable[[str, list[pystac.Item]], dict[str, Any]],
 ) -> dict[str, bytes]:
+    # Child first, under a catalog with a self href: pystac's add_item looks the parent's root
+    # and self link up once per item, and without them it scans every link the collection
+    # has (quadratic). The renderer writes its own relative links and ignores self hrefs.
+    if catalog.get_self_href() is None:
+        catalog.set_self_href(f"/{catalog.id}/catalog.json")
+    catalog.add_child(collection)
     collection.add_items(items)
     collection.add_link(pystac.Link(QUERYABLES_REL, "./queryables.json", "application/schema+json"))
-    catalog.add_child(collection)
     schema = make_queryables(f"Queryables of {collection.id}", items)
     return {f"{collection.id}/queryables.json": json_bytes(schema)}
 

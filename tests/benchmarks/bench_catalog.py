@@ -199,7 +199,7 @@ def publish_items(
     store: Any, by_collection: dict[str, list[pystac.Item]], schema_dir: Path, stages: Stages
 ) -> Any:
     """lunarchive's publish of one release holding the items: what the publish flow does."""
-    from lunarchive.catalog.publish import draft_release, publish_release
+    from lunarchive.catalog.publish import draft_release, paused_gc, publish_release
     from lunarchive.catalog.stac import (
         QUERYABLES_REL,
         create_catalog,
@@ -209,7 +209,7 @@ def publish_items(
     from lunarchive.catalog.store import json_bytes
     from lunarchive.catalog.validate import StacValidator
 
-    with stages.time("catalog tree (pystac)"):
+    with stages.time("catalog tree (pystac)"), paused_gc():  # as the flow's build_catalog
         catalog = create_catalog("lunarchive", "Generated lunar products (benchmark).")
         # pystac looks each parent's self link up once per item added: without one, it scans
         # every link the parent has (quadratic); the renderer ignores self links anyway
