@@ -60,7 +60,7 @@ from lunarchive.processing.at_site import (
     at_site_from_parquet,
     at_site_parquet_bytes,
     open_cube,
-    sample_cube,
+    sample_tiles,
 )
 from lunarchive.schemas.release import ManifestEntry
 from lunarchive.schemas.vocabularies import missions
@@ -68,7 +68,7 @@ from lunarchive.schemas.vocabularies import missions
 __all__ = ["publish"]
 
 CATALOG_ID = "lunarchive"
-AT_SITE_RECIPE = "at-site-v1"
+AT_SITE_RECIPE = "at-site-v2"  # v2: discs take the pixels of neighbouring tiles
 
 
 def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
@@ -96,7 +96,7 @@ def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
                 sha256=cube["quicklook"]["sha256"],
                 size=cube["quicklook"]["size"],
                 media_type="image/png",
-                title="Quicklook (hillshade)",
+                title=f"Quicklook ({cube['quicklook'].get('style', 'hillshade')})",
                 roles=("thumbnail",),
             ),
             "inventory": FileAsset(
@@ -115,7 +115,8 @@ def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
                 cube_href=ITEM_TO_ROOT + cube["key"],
                 start=datetime.fromisoformat(cube["start"]),
                 end=datetime.fromisoformat(cube["end"]),
-                title=f"Heights above the lunar reference sphere, tile {cube['tile']} of "
+                title=cube.get("title")
+                or f"Heights above the lunar reference sphere, tile {cube['tile']} of "
                 f"{cube['grid']}",
                 derived_from=[ITEM_TO_ROOT + key for key in cube["labels"]],
                 files=files,
@@ -125,6 +126,8 @@ def cube_items(cubes: Iterable[Mapping[str, Any]]) -> list[pystac.Item]:
                     "lunarchive:resampling": cube["resampling"],
                     "lunarchive:overlap_rule": cube["overlap_rule"],
                     "lunarchive:inputs": cube["inputs"],
+                    "lunarchive:time_basis": cube.get("time_basis", "observation"),
+                    "lunarchive:collection": cube["collection"],
                 },
             )
         )
@@ -231,16 +234,17 @@ def _build_catalog(
 ) -> tuple[pystac.Catalog, dict[str, bytes]]:
     catalog = create_catalog(CATALOG_ID, "Lunar sample and remote-sensing data of lunarchive.")
     queryables: dict[str, bytes] = {}
-    if cubes:
-        title = "Digital elevation models"
+    for collection_id, items in _by_collection(name, cubes).items():
+        multiband = any("eo:bands" in item.assets["zarr"].extra_fields for item in items)
+        title = "Multi-band reflectance maps" if multiband else "Digital elevation models"
         collection = create_collection(
-            f"{name}-dem",
+            collection_id,
             title=title,
             description=f"{title} of the {name} archive, harvested by lunarchive.",
-            items=cubes,
+            items=items,
             target_class="satellite",
         )
-        queryables |= _add_collection(catalog, collection, cubes, create_queryables)
+        queryables |= _add_collection(catalog, collection, items, create_queryables)
     for group in sorted(samples.groups.values(), key=lambda g: g.collection_id):
         collection = create_sample_collection(
             group.collection_id,
@@ -251,6 +255,17 @@ def _build_catalog(
         )
         queryables |= _add_collection(catalog, collection, group.items, sample_queryables)
     return catalog, queryables
+
+
+def _by_collection(name: str, cubes: list[pystac.Item]) -> dict[str, list[pystac.Item]]:
+    """Cube items by the collection ``process`` gave their tiles (``<name>-dem`` when an item
+    names none), in collection order."""
+    groups: dict[str, list[pystac.Item]] = {}
+    for item in cubes:
+        groups.setdefault(item.properties.get("lunarchive:collection", f"{name}-dem"), []).append(
+            item
+        )
+    return dict(sorted(groups.items()))
 
 
 def _add_collection(
@@ -295,14 +310,19 @@ def sample_at_sites(
     key = table_key(table.partner, table.version, f"at-site/{digest}.parquet")
     if not store.exists(key):
         rows: list[AtSite] = []
+        by_collection: dict[str, list[dict[str, Any]]] = {}
         for cube in cubes:
-            found, refused = sample_cube(
-                open_cube(store.zarr_store(cube["key"])),
+            by_collection.setdefault(cube["collection"], []).append(cube)
+        for tiles in by_collection.values():  # a disc borrows pixels from its own collection
+            found, refused = sample_tiles(
+                [
+                    (open_cube(store.zarr_store(c["key"])), f"{c['collection']}-{c['tile']}",
+                     c["version"])
+                    for c in tiles
+                ],
                 sites,
-                cube_item=f"{cube['collection']}-{cube['tile']}",
-                cube_version=cube["version"],
                 max_pixels=settings.at_site_max_pixels,
-            )
+            )  # fmt: skip
             rows += found
             for sentence in refused:
                 get_run_logger().warning("at-site: %s", sentence)

@@ -441,6 +441,13 @@ def test_kaguya_mi_item_carries_eo_and_raster_bands(kaguya: Any) -> None:
         assert band["unit"] == "1"
     assert item["properties"]["cube:dimensions"]["band"]["values"] == list(range(1, 10))
     assert "eo:bands" not in items["kaguya-dem-r000c000"]["assets"]["zarr"]
+    # each in its own STAC collection, titled for what it holds
+    assert item["collection"] == "kaguya-9band"
+    assert items["kaguya-dem-r000c000"]["collection"] == "kaguya-dem"
+    assert item["properties"]["lunarchive:time_basis"] == "product creation"
+    collection = json.loads(store.read(item["_key"].rsplit("/", 2)[0] + "/collection.json"))
+    assert collection["title"] == "Multi-band reflectance maps"
+    assert item["assets"]["thumbnail"]["title"] == "Quicklook (false colour)"
 
 
 def test_kaguya_mi_quicklook_is_false_colour(kaguya: Any) -> None:
