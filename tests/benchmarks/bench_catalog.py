@@ -317,44 +317,6 @@ def embedded_engine(parquet: Path) -> Callable[[Query], int]:
     return run
 
 
-@contextmanager
-def api_engine(database_url: str) -> Iterator[Callable[[Query], int]]:
-    """lunarchive's STAC API under uvicorn on a loopback port; POST /search over HTTP."""
-    import socket
-    import threading
-
-    import httpx
-    import uvicorn
-
-    from lunarchive.catalog.api import create_app
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(database_url), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the STAC API did not start")
-        time.sleep(0.05)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
-
-    def run(query: Query) -> int:
-        response = client.post("/search", json=query.api_body())
-        response.raise_for_status()
-        return len(response.json()["features"])
-
-    try:
-        yield run
-    finally:
-        client.close()
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
-
-
 def pystac_walk(folder: Path, time_box_s: float) -> dict[str, Any]:
     """The user's baseline without lunarchive: pystac reads the static catalog of a synced
     release and every query is a walk over all items, filtered in Python (shapely for the
@@ -446,9 +408,11 @@ def open_bench_store(kind: str, scratch: Path) -> Any:
     return open_store(f"s3://{bucket}/bench-{uuid.uuid4().hex[:8]}", s3=options)
 
 
+LOADERS = ("lunarchive, 1 transaction", "pypgstac Loader, anchor")
+
+
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    from lunarchive.catalog.pgstac import install_schema
-    from lunarchive.flows.serve import load_release_files
+    from tests.benchmarks import catalog_api
 
     schema_dir = Path(
         os.environ.get("LUNARCHIVE_STAC_SCHEMA_DIR", ROOT.parent / "shared" / "stac-schemas")
@@ -474,19 +438,38 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         report["rss_after_publish_mb"] = peak_rss_mb()
         parquet = scratch / "items.parquet"
         parquet.write_bytes(draft.files["items.parquet"])
-        with bench_database(os.environ["LUNARCHIVE_DATABASE_URL"]) as database_url:
-            with stages.time("pgstac: install schema"):
-                install_schema(database_url)
-            with stages.time("pgstac: load release (1 transaction)"):
-                loaded = load_release_files(store, database_url, result.version, draft.files)
-            report["pgstac_s"] = {k: v for k, v in stages.seconds.items() if k.startswith("pgstac")}
-            report["pgstac_items"] = loaded.items
+        server = os.environ["LUNARCHIVE_DATABASE_URL"]
+        with bench_database(server) as database_url, bench_database(server) as anchor_url:
+            print("loading pgstac (lunarchive, then pypgstac's Loader) …", file=sys.stderr,
+                  flush=True)  # fmt: skip
+            loads = catalog_api.timed_loads(
+                store, result.version, draft.files, database_url, anchor_url
+            )
+            report["pgstac_s"] = {
+                "pgstac: read the release's documents": loads["read"],
+                f"pgstac: load ({LOADERS[0]})": loads["ours"],
+                f"pgstac: load ({LOADERS[1]})": loads["anchor"],
+            }
             report["rss_after_load_mb"] = peak_rss_mb()
             print("searching (embedded) …", file=sys.stderr, flush=True)
             engines = [measure("embedded", embedded_engine(parquet), args.repeats)]
-            print("searching (STAC API over HTTP) …", file=sys.stderr, flush=True)
-            with api_engine(database_url) as api:
-                engines.append(measure("STAC API", api, args.repeats))
+            print("searching (STAC API and the anchor, over HTTP) …", file=sys.stderr, flush=True)
+            bodies = {query.name: query.api_body() for query in QUERIES}
+            with (
+                catalog_api.serve("ours", database_url) as ours,
+                catalog_api.serve("anchor", anchor_url) as anchor,
+            ):
+                timings = catalog_api.measure(
+                    {"STAC API": catalog_api.searcher(ours),
+                     "anchor": catalog_api.searcher(anchor, cql2_json=True)},
+                    bodies,
+                    args.repeats,
+                )  # fmt: skip
+            engines += [
+                Latencies(name, seconds=timings.seconds[name], returned=timings.returned[name])
+                for name in ("STAC API", "anchor")
+            ]
+            report["load_average"] = catalog_api.load_average()
         report["search"] = {
             e.engine: {"p50_ms": 1000 * e.p(0.5), "p95_ms": 1000 * e.p(0.95),
                        "per_query_p50_ms": {q: 1000 * statistics.median(s)
@@ -526,6 +509,10 @@ def print_report(report: dict[str, Any]) -> None:
     publish = report["publish_s"]
     total = sum(publish.values())
     pg = report["pgstac_s"]
+    load_ratio = (
+        pg["pgstac: load (lunarchive, 1 transaction)"]
+        / pg["pgstac: load (pypgstac Loader, anchor)"]
+    )
     lines = [
         f"lunarchive catalog benchmark: {report['items']} generated lunar items "
         f"({report['geometries']['MultiPolygon']} split at ±180°), store: {report['store']}, "
@@ -548,13 +535,18 @@ def print_report(report: dict[str, Any]) -> None:
         for name, p50 in figures["per_query_p50_ms"].items():
             lines.append(f"      {name:<32} p50 {p50:8.1f} ms  ({figures['returned'][name]} items)")
     api, embedded = report["search"]["STAC API"], report["search"]["embedded"]
+    anchor = report["search"]["anchor"]
     lines += [
         f"  STAC API / embedded p50: {api['p50_ms'] / embedded['p50_ms']:.2f}",
+        f"  STAC API / anchor (stac-fastapi-pgstac, same data) p50: "
+        f"{api['p50_ms'] / anchor['p50_ms']:.2f}, p95: {api['p95_ms'] / anchor['p95_ms']:.2f}",
+        f"  pgstac load, lunarchive / pypgstac: {load_ratio:.2f}",
         f"  pystac walk: {walk['walked']} items in {walk['seconds']:.1f} s "
         f"({walk['items_per_s']:.0f} items/s); one query over all {report['items']} items: "
         + (f"{baseline_s:.1f} s (measured)" if walk["complete"]
            else f"~{baseline_s:.0f} s (extrapolated: the walk was stopped at the time box)"),
         "",
+        f"load average during the run: {report['load_average']}",
         f"peak memory (max RSS, one process): {report['peak_rss_mb']:.0f} MB "
         f"(after generation {report['rss_after_generation_mb']:.0f} MB, after publish "
         f"{report['rss_after_publish_mb']:.0f} MB, after the pgstac load "
