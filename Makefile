@@ -40,7 +40,8 @@ test: $(STAMP) lint
 ## make bench: the benchmarks (not part of make test); figures in the README
 bench: $(STAMP)
 	$(BIN)/python -m tests.benchmarks.bench_cubes --size-mb 288
-	$(BIN)/python -m tests.benchmarks.bench_catalog --items 100000
+	$(BIN)/python -m tests.benchmarks.bench_cubes --memory-limit-mib 640
+	$(BIN)/python -m tests.benchmarks.bench_catalog --items 100000 --store folder
 	$(BIN)/python -m tests.benchmarks.bench_sync --items 20000 --chunks 100 --json bench-sync.json
 
 clean:
