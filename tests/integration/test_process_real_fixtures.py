@@ -51,6 +51,7 @@ from lunarchive.schemas.sources import (
     HeldVersion,
     ProductState,
 )
+from tests.unit.test_tiles import source_raster
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Use `@` matmul instead of `\\*` mul operator:PendingDeprecationWarning"
@@ -169,18 +170,6 @@ def by_tile(result: dict[str, Any], collection: str) -> dict[str, dict[str, Any]
 
 def open_cube(store: Store, record: dict[str, Any]) -> xr.Dataset:
     return xr.open_zarr(store.zarr_store(record["key"]), decode_coords="all", consolidated=False)
-
-
-def source_raster(path: Path) -> tuple[np.ndarray, rasterio.Affine, pyproj.CRS]:
-    """Physical values of every band, read by GDAL directly: DN × scale (+ offset unless it
-    is the reference radius: heights, not radii), NaN for nodata."""
-    with rasterio.open(path) as src:
-        dn = src.read().astype(np.float64)
-        scale = np.asarray(src.scales)[:, None, None]
-        offset = np.asarray(src.offsets)[:, None, None]
-        offset = np.where(np.isclose(offset, MOON_RADIUS_M), 0.0, offset)
-        values = np.where(dn == src.nodata, np.nan, dn * scale + offset)
-        return values, src.transform, pyproj.CRS.from_user_input(src.crs)
 
 
 def nearest_source(
