@@ -10,20 +10,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from urllib.parse import urlparse
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
+from lunarchive.flows._cli_common import (
+    StoreOption,
+    absolute_store_url,
+    err,
+    one_line_errors,
+    out,
+)
 from lunarchive.flows.settings import Settings
-from lunarchive.schemas.errors import ConfigurationError, InvalidFilter, LunarchiveError
+from lunarchive.schemas.errors import ConfigurationError, InvalidFilter
 from lunarchive.schemas.product import ProductRecord
 
 if TYPE_CHECKING:
@@ -40,17 +43,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
-
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        help="Store root: a folder, file:///abs/path or s3://bucket/prefix "
-        "[default: LUNARCHIVE_STORE_URL, else ./lunarchive-data].",
-    ),
-]
 
 
 @app.callback()
@@ -80,27 +72,6 @@ def _options(
         Path(home).expanduser().mkdir(parents=True, exist_ok=True)  # Prefect makes one level only
 
 
-def _store_url(given: str | None) -> str:
-    """The store URL with a relative folder made absolute (flows may run elsewhere)."""
-    url = given or Settings().store_url  # not _runtime's load_settings: it imports Prefect
-    if urlparse(url).scheme in ("", "file") and not url.startswith("file://"):
-        return Path(url).expanduser().resolve().as_uri()
-    return url
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Turn our errors into one line on stderr and an exit status."""
-    try:
-        yield
-    except InvalidFilter as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except (LunarchiveError, FileNotFoundError, PermissionError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
 @app.command()
 def demo(store: StoreOption = None) -> None:
     """Run the whole pipeline on a generated lunar archive, served from 127.0.0.1.
@@ -111,9 +82,9 @@ def demo(store: StoreOption = None) -> None:
     from lunarchive.flows._runtime import load_settings, prefect_api
     from lunarchive.flows.demo import run_demo
 
-    url = _store_url(store)
+    url = absolute_store_url(store)
     with (
-        _one_line_errors(),
+        one_line_errors(),
         prefect_api(load_settings()),
         out.status("Harvest → process (Dask) → publish …"),
     ):
@@ -146,9 +117,9 @@ def pipeline(
     from lunarchive.flows._runtime import load_settings, prefect_api
     from lunarchive.flows.pipeline import pipeline as pipeline_flow
 
-    url = _store_url(store)
+    url = absolute_store_url(store)
     with (
-        _one_line_errors(),
+        one_line_errors(),
         prefect_api(load_settings()),
         out.status(f"Harvest {source} → process (Dask) → publish …"),
     ):
@@ -207,7 +178,7 @@ def search(
     """Search the current release's items (DuckDB over its stac-geoparquet, CQL2 filters)."""
     from lunarchive.catalog.search import SearchQuery
 
-    with _one_line_errors():
+    with one_line_errors():
         query = SearchQuery(
             bbox=_parse_bbox(bbox) if bbox else None,
             intersects=_parse_geojson(intersects) if intersects else None,
@@ -221,7 +192,7 @@ def search(
             limit=limit,
             token=token,
         )
-        _search_and_print(_store_url(store), query, as_json=as_json, max_items=max_items)
+        _search_and_print(absolute_store_url(store), query, as_json=as_json, max_items=max_items)
 
 
 @app.command()
@@ -253,8 +224,8 @@ def sync(
     from lunarchive.flows.mirror import verify as verify_mirror
 
     settings = Settings()
-    dest_url = _store_url(dest)
-    with _one_line_errors():
+    dest_url = absolute_store_url(dest)
+    with one_line_errors():
         if verify:
             audit = verify_mirror(settings, dest_url, source)
             out.print(f"checked {audit.objects_checked} objects ({audit.bytes_checked} bytes): "
@@ -296,8 +267,8 @@ def serve(
     from lunarchive.flows._runtime import load_settings, store_for
     from lunarchive.flows.serve import load_current_release
 
-    with _one_line_errors():
-        settings = load_settings(store_url=_store_url(store))
+    with one_line_errors():
+        settings = load_settings(store_url=absolute_store_url(store))
         secret = settings.database_url.get_secret_value() if settings.database_url else None
         url = database_url or secret
         if not url:
@@ -323,7 +294,7 @@ def inspect(
     """Read one product (PDS4, PDS3, ISIS3, GeoTIFF) and print its record."""
     from lunarchive.processing.products import read_product
 
-    with _one_line_errors():
+    with one_line_errors():
         record = read_product(path)
     if as_json:
         exclude = None if label else {"label_text"}
@@ -445,7 +416,7 @@ def _search_and_print(
     from lunarchive.catalog.search import release_items
     from lunarchive.flows._runtime import load_settings, store_for
 
-    with _one_line_errors():
+    with one_line_errors():
         settings = load_settings(store_url=store_url)
         cache_dir = settings.search_cache.expanduser()
         with release_items(store_for(settings), cache_dir=cache_dir) as (version, path):

@@ -11,52 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlparse
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from lunarchive.schemas.errors import LunarchiveError
+from lunarchive.flows._cli_common import StoreOption, absolute_store_url, err, one_line_errors, out
 from lunarchive.schemas.sources import CompletenessReport
 
 __all__ = ["harvest_command", "status_command"]
-
-out = Console()
-err = Console(stderr=True)
-
-StoreOption = Annotated[
-    str | None,
-    typer.Option(
-        "--store",
-        help="Store root: a folder, file:///abs/path or s3://bucket/prefix "
-        "[default: LUNARCHIVE_STORE_URL, else ./lunarchive-data].",
-    ),
-]
-
-
-def _store_url(given: str | None) -> str:
-    from lunarchive.flows._runtime import load_settings
-
-    url = given or load_settings().store_url
-    if urlparse(url).scheme in ("", "file") and not url.startswith("file://"):
-        return Path(url).expanduser().resolve().as_uri()
-    return url
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    try:
-        yield
-    except (LunarchiveError, FileNotFoundError, PermissionError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
 
 
 def harvest_command(
@@ -75,9 +40,9 @@ def harvest_command(
     from lunarchive.flows.harvest import harvest_source
     from lunarchive.flows.harvest_engine import progress_listeners
 
-    url = _store_url(store)
+    url = absolute_store_url(store)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with _one_line_errors(), prefect_api(load_settings()), Progress(*columns, console=err) as bar:
+    with one_line_errors(), prefect_api(load_settings()), Progress(*columns, console=err) as bar:
         task = bar.add_task(f"{source}: reading the inventory", total=None)
 
         def advance(_source: str, product: str, status: str) -> None:
@@ -117,8 +82,8 @@ def status_command(
     from lunarchive.flows._runtime import load_settings, store_for
     from lunarchive.flows.harvest_engine import HarvestSettings, load_registry, read_report
 
-    with _one_line_errors():
-        target = store_for(load_settings(store_url=_store_url(store)))
+    with one_line_errors():
+        target = store_for(load_settings(store_url=absolute_store_url(store)))
         specs = load_registry(HarvestSettings().harvest_registry_dir)
         reports = {spec.name: (spec.kind, read_report(target, spec.name)) for spec in specs}
     now = datetime.now(UTC)

@@ -11,20 +11,15 @@ pointer flips only once everything is written). Mounted by ``flows/cli.py``.
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Annotated, Any, cast
-from urllib.parse import urlparse
 
 import typer
-from rich.console import Console
 
 from lunarchive.catalog.store import Store
+from lunarchive.flows._cli_common import StoreOption, absolute_store_url, err, out
 from lunarchive.schemas.errors import LunarchiveError
 
 __all__ = ["process_command", "raw_products"]
-
-out = Console()
-err = Console(stderr=True)
 
 
 def raw_products(store: Store, source: str) -> list[dict[str, Any]]:
@@ -63,14 +58,7 @@ def raw_products(store: Store, source: str) -> list[dict[str, Any]]:
 
 def process_command(
     source: Annotated[str, typer.Argument(help="The source whose raw/<SOURCE>/ to process.")],
-    store: Annotated[
-        str | None,
-        typer.Option(
-            "--store",
-            help="Store root: a folder, file:///abs/path or s3://bucket/prefix "
-            "[default: LUNARCHIVE_STORE_URL, else ./lunarchive-data].",
-        ),
-    ] = None,
+    store: StoreOption = None,
     grid: Annotated[
         str | None,
         typer.Option(
@@ -94,7 +82,7 @@ def process_command(
     from lunarchive.flows.publish import publish as publish_flow
     from lunarchive.processing.grids import named_grid
 
-    url = _store_url(store)
+    url = absolute_store_url(store)
     try:
         if rule not in ("newest", "finest"):
             raise typer.BadParameter(f"--rule {rule!r}: use newest or finest")
@@ -135,12 +123,3 @@ def process_command(
         state = "published" if release["published"] else "unchanged, nothing written"
         lines.append(f"release    {release['version']} ({state})")
     out.print("\n".join(lines), highlight=False, soft_wrap=True)
-
-
-def _store_url(given: str | None) -> str:
-    from lunarchive.flows._runtime import load_settings
-
-    url = given or load_settings().store_url
-    if urlparse(url).scheme in ("", "file") and not url.startswith("file://"):
-        return Path(url).expanduser().resolve().as_uri()
-    return url

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlparse
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from lunarchive.schemas.errors import LunarchiveError
+from lunarchive.flows._cli_common import StoreOption, absolute_store_url, one_line_errors, out
 
 __all__ = ["app", "at_site"]
 
@@ -27,8 +24,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
 
 _COLUMNS = (
     ("cube item", "cube_item"), ("version", "cube_version"), ("variable", "variable"),
@@ -41,37 +36,21 @@ _COLUMNS = (
 @app.command("at-site")
 def at_site(
     sample_id: Annotated[str, typer.Argument(help="A sample number, e.g. 70017 or 15415,177.")],
-    store: Annotated[
-        str | None,
-        typer.Option(
-            "--store",
-            help="Store root: a folder, file:///abs/path or s3://bucket/prefix "
-            "[default: LUNARCHIVE_STORE_URL, else ./lunarchive-data].",
-        ),
-    ] = None,
+    store: StoreOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """Print the published cubes' values at a specimen's collection site."""
     from lunarchive.catalog.samples_stac import read_at_site
     from lunarchive.flows._runtime import load_settings, store_for
 
-    try:
-        settings = load_settings(store_url=_store_url(store))
+    with one_line_errors():
+        settings = load_settings(store_url=absolute_store_url(store))
         version, item_id, rows = read_at_site(store_for(settings), sample_id)
-    except (LunarchiveError, FileNotFoundError, PermissionError) as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
     if as_json:
         document = {"sample_id": sample_id, "release": version, "item": item_id, "rows": rows}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
         return
     _print_rows(sample_id, version, item_id, rows)
-
-
-def _store_url(given: str | None) -> str | None:
-    if given and urlparse(given).scheme in ("", "file") and not given.startswith("file://"):
-        return Path(given).expanduser().resolve().as_uri()
-    return given
 
 
 def _print_rows(sample_id: str, version: str, item_id: str, rows: list[dict[str, Any]]) -> None:

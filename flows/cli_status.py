@@ -24,7 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from lunarchive.catalog.store import Store
-from lunarchive.flows.cli_harvest import StoreOption, _one_line_errors, _status_row, _store_url
+from lunarchive.flows._cli_common import StoreOption, absolute_store_url, one_line_errors
+from lunarchive.flows.cli_harvest import _status_row
 from lunarchive.flows.settings import Settings
 from lunarchive.schemas.run_report import RunReport, run_id_of
 
@@ -115,8 +116,8 @@ def status_command(
     from lunarchive.flows.watchdog import evaluate
 
     now = datetime.now(UTC)
-    with _one_line_errors():
-        settings = load_settings(store_url=_store_url(store))
+    with one_line_errors():
+        settings = load_settings(store_url=absolute_store_url(store))
         target = store_for(settings)
         current = read_current(target)
         specs = load_registry(HarvestSettings().harvest_registry_dir)

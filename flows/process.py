@@ -416,7 +416,8 @@ def _tile_times(job: TileJob) -> tuple[list[datetime], str]:
     )
 
 
-def _empty_record(job: TileJob) -> dict[str, Any]:
+def _tile_fields(job: TileJob) -> dict[str, Any]:
+    """What names a tile in its record: collection, grid, tile, version, fingerprint, key."""
     return {
         "collection": job.collection,
         "grid": job.grid,
@@ -424,6 +425,11 @@ def _empty_record(job: TileJob) -> dict[str, Any]:
         "version": job.version,
         "fingerprint": job.fingerprint,
         "key": job.key,
+    }
+
+
+def _empty_record(job: TileJob) -> dict[str, Any]:
+    return _tile_fields(job) | {
         "empty": True,
         "labels": [f.label for f in job.inputs],
         "objects": [],
@@ -472,13 +478,7 @@ def _record(
         dimensions["band"] = {"type": "bands", "values": variable["band"].values.tolist()}
     inputs = stored.attrs["lunarchive:inputs"]
     first = job.inputs[0]
-    return {
-        "collection": job.collection,
-        "grid": job.grid,
-        "tile": job.tile,
-        "version": job.version,
-        "fingerprint": job.fingerprint,
-        "key": job.key,
+    return _tile_fields(job) | {
         "variable": job.variable,
         "units": variable.attrs.get("units", UNITS),
         "dtype": str(variable.dtype),

@@ -12,15 +12,17 @@ pgstac, through ``infra/services.py run`` unless they are running already):
 * **publish**: lunarchive's release of those items, stage by stage — the catalog tree
   (pystac), the static catalog rendered with relative links and the stac-geoparquet file,
   validation of every object against its schemas, the objects written to the store with the
-  manifest and the pointer flip — then the load into pgstac (one transaction);
+  manifest and the pointer flip — then the load into pgstac (one transaction), against
+  pypgstac's own ``Loader`` into a second database (``tests/benchmarks/catalog_api.py``);
 * **search**, p50 / p95 over a fixed set of queries (bbox, datetime, CQL2 property,
   seam-crossing bbox, polar bbox), full items, limit 100:
   - the embedded search (``catalog.search.search_items`` over the release's stac-geoparquet);
-  - the STAC API (``catalog.api.create_app`` under uvicorn, over HTTP, POST /search);
+  - the STAC API (``catalog.api.create_app`` under uvicorn, over HTTP, POST /search), and
+    the anchor: plain stac-fastapi-pgstac over the pypgstac-loaded database, interleaved;
   - the baseline without lunarchive: pystac walking the release's static catalog from the
     store's folder and filtering in Python — time-boxed, with its rate extrapolated to all
     items when the box is too short (the report says so);
-* peak memory (max RSS) of the benchmark process and of the API server thread's process.
+* peak memory (max RSS) of the benchmark process (the APIs run in child processes).
 
     python -m tests.benchmarks.bench_catalog [--items 100000] [--store s3|folder]
 """
@@ -370,26 +372,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-@contextmanager
-def bench_database(server_url: str) -> Iterator[str]:
-    """A new database with PostGIS on the services' PostgreSQL, dropped afterwards."""
-    import uuid
-
-    import psycopg
-
-    name = f"lunarchive_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = server_url.rsplit("/", 1)[0] + "/" + name
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        yield url
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 def open_bench_store(kind: str, scratch: Path) -> Any:
     import uuid
 
@@ -413,6 +395,7 @@ LOADERS = ("lunarchive, 1 transaction", "pypgstac Loader, anchor")
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     from tests.benchmarks import catalog_api
+    from tests.conftest import new_database
 
     schema_dir = Path(
         os.environ.get("LUNARCHIVE_STAC_SCHEMA_DIR", ROOT.parent / "shared" / "stac-schemas")
@@ -438,8 +421,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         report["rss_after_publish_mb"] = peak_rss_mb()
         parquet = scratch / "items.parquet"
         parquet.write_bytes(draft.files["items.parquet"])
-        server = os.environ["LUNARCHIVE_DATABASE_URL"]
-        with bench_database(server) as database_url, bench_database(server) as anchor_url:
+        with new_database() as database_url, new_database() as anchor_url:
             print("loading pgstac (lunarchive, then pypgstac's Loader) …", file=sys.stderr,
                   flush=True)  # fmt: skip
             loads = catalog_api.timed_loads(

@@ -4,7 +4,7 @@ The anchor is what a user has without lunarchive: plain stac-fastapi-pgstac (its
 ``instantiate_api()`` with its default settings and extensions) over a pgstac database loaded
 by pypgstac's own ``Loader`` (``Methods.insert``, the default of ``pypgstac load``). The anchor
 gets its **own database** on the same PostgreSQL server (the caller makes it, e.g. with
-``bench_catalog.bench_database``), loaded with the same release's items, so both APIs answer
+``tests.conftest.new_database``), loaded with the same release's items, so both APIs answer
 the same queries over the same data; only the loader and the API layer differ.
 
 Both APIs run as uvicorn servers in **child processes** on free loopback ports (as ``lunarchive
