@@ -26,14 +26,13 @@ from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 import pyproj
-import rasterio  # type: ignore[import-untyped]
-import rioxarray
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
 from lunarchive.processing.cube import build_cube
 from lunarchive.processing.grids import Tile, overlaps
+from lunarchive.processing.rasters import Raster, lazy_values, open_raster, to_dataarray
 from lunarchive.processing.warp import mosaic_lazy
 from lunarchive.schemas.errors import ProductRejected
 
@@ -45,6 +44,7 @@ __all__ = [
     "Layer",
     "Limits",
     "OverlapRule",
+    "bands_of",
     "build_tile",
     "check_layer",
     "mosaic_onto",
@@ -63,8 +63,6 @@ WARP_CHUNK_PX: Final = 512
 writes. Small blocks keep both workers busy to the end and bound the memory a task holds; a
 GDAL warp call's fixed cost is about 1 ms of a 512² bilinear warp's 10 when the map is
 affine (equirectangular onto equirectangular), 3-4 ms through PROJ (measured)."""
-READ_CHUNK_PX: Final = 2048
-"""The chunk edge inputs are read with: 16 MiB of float32 per band."""
 
 OverlapRule = Literal["newest", "finest", "priority"]
 """How overlapping inputs are resolved: newest acquisition first, finest resolution first, or
@@ -389,44 +387,38 @@ def _provenance(layer: Ranked) -> dict[str, Any]:
 _WAVELENGTH_NM: Final = re.compile(r"([0-9]+(?:\.[0-9]*)?)\s*<\s*nm\s*>", re.IGNORECASE)
 
 
-def open_bands(path: Path, *, chunk_px: int = READ_CHUNK_PX) -> xr.DataArray:
+def open_bands(path: Path) -> xr.DataArray:
     """Open a multi-band map product lazily: ``(band, y, x)`` float32, NaN for nodata.
+
+    See :func:`bands_of`; the product is checked first (a lunar CRS, every line present).
+    """
+    return bands_of(open_raster(path))
+
+
+def bands_of(raster: Raster) -> xr.DataArray:
+    """The bands of an opened product, lazily: ``(band, y, x)`` float32, NaN for nodata,
+    every band of a window in one chunk.
 
     Each band gets its own scale and offset as GDAL reports them; the ``wavelength``
     coordinate (nm) comes from the label's ``CENTER_FILTER_WAVELENGTH`` (PDS3, as Kaguya MI
     gives it) or per-band ``wavelength`` metadata, when there is one.
     """
-    try:
-        with rasterio.open(path) as src:
-            crs = assert_lunar(src.crs, where=path.name)
-            scales, offsets, nodata = src.scales, src.offsets, src.nodata
-            wavelengths = _wavelengths(src)
-    except rasterio.errors.RasterioIOError as exc:
-        raise ProductRejected(f"{path.name}: GDAL cannot open it ({exc})") from None
-    raw = rioxarray.open_rasterio(
-        path, chunks={"band": -1, "y": chunk_px, "x": chunk_px}, mask_and_scale=False
-    )
-    assert isinstance(raw, xr.DataArray)
-    values = raw.astype(np.float32)
-    if nodata is not None:
-        values = values.where(raw != nodata)
-    scale = xr.DataArray(np.asarray(scales, np.float32), dims="band")
-    offset = xr.DataArray(np.asarray(offsets, np.float32), dims="band")
-    result: xr.DataArray = (values * scale + offset).rio.write_crs(crs)
-    result = result.assign_coords(band=np.arange(1, raw.sizes["band"] + 1))
-    if wavelengths is not None and len(wavelengths) == raw.sizes["band"]:
+    numbers = list(range(1, raster.count + 1))
+    result = to_dataarray(lazy_values(raster, bands=numbers), raster)
+    result = result.assign_coords(band=np.asarray(numbers))
+    wavelengths = _wavelengths(raster)
+    if wavelengths is not None and len(wavelengths) == raster.count:
         result = result.assign_coords(wavelength=("band", np.asarray(wavelengths)))
         result["wavelength"].attrs = {"units": "nm", "long_name": "band centre wavelength"}
-    result.attrs = {}
-    result.encoding["source"] = str(path)
+    result.encoding["source"] = raster.path
     return result
 
 
-def _wavelengths(src: Any) -> list[float] | None:
-    centre = src.tags().get("CENTER_FILTER_WAVELENGTH")
+def _wavelengths(raster: Raster) -> list[float] | None:
+    centre = raster.tags.get("CENTER_FILTER_WAVELENGTH")
     if centre:
         return [float(v) for v in _WAVELENGTH_NM.findall(centre)] or None
-    per_band = [src.tags(i).get("wavelength") for i in range(1, src.count + 1)]
-    if all(per_band):
-        return [float(v) for v in per_band]
+    per_band = [tags.get("wavelength") for tags in raster.band_tags]
+    if all(value is not None for value in per_band):
+        return [float(value) for value in per_band if value is not None]
     return None

@@ -1,0 +1,134 @@
+"""Unit tests of lunarchive.processing.rasters: one open per product, physical values per chunk.
+
+Offline: the products are small GeoTIFFs written here in IAU_2015:30100.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import dask
+import numpy as np
+import pyproj
+import pytest
+import rasterio  # type: ignore[import-untyped]
+from rasterio.transform import from_origin  # type: ignore[import-untyped]
+
+from lunarchive.processing import rasters
+from lunarchive.processing.rasters import lazy_values, open_raster, to_dataarray
+from lunarchive.processing.readers import open_dem, open_map
+from lunarchive.schemas.errors import ProductRejected
+
+NODATA = -32768
+SCALES = (0.5, 2.0, 0.25)
+OFFSETS = (10.0, -3.0, 0.0)
+
+
+def _write(path: Path, dn: np.ndarray, *, block: int = 256, **extra: object) -> None:
+    bands, height, width = dn.shape
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": bands,
+        "dtype": str(dn.dtype),
+        "crs": "IAU_2015:30100",
+        "transform": from_origin(10.0, 5.0, 0.01, 0.01),
+        "nodata": NODATA,
+        "tiled": True,
+        "blockxsize": block,
+        "blockysize": block,
+        **extra,
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(dn)
+        dst.scales = SCALES[:bands]
+        dst.offsets = OFFSETS[:bands]
+
+
+def _dn(bands: int, height: int = 600, width: int = 700) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    dn = rng.integers(-2000, 2000, size=(bands, height, width), dtype=np.int16)
+    dn[:, 5:9, 11:20] = NODATA
+    return dn
+
+
+def test_values_are_dn_times_scale_plus_offset_with_nan_for_nodata(tmp_path: Path) -> None:
+    dn = _dn(3)
+    _write(tmp_path / "map.tif", dn)
+    bands = open_map(tmp_path / "map.tif")
+    got = bands.compute(scheduler="threads").values
+    assert got.dtype == np.float32 and got.shape == dn.shape
+    for i in range(3):
+        expected = dn[i].astype(np.float32) * np.float32(SCALES[i]) + np.float32(OFFSETS[i])
+        expected[dn[i] == NODATA] = np.nan
+        np.testing.assert_array_equal(got[i], expected)
+    assert bands.chunks is not None and bands.chunks[0] == (3,)  # a spectrum in one chunk
+
+
+def test_dem_keeps_the_crs_and_the_pixel_centres(tmp_path: Path) -> None:
+    dn = _dn(1)
+    _write(tmp_path / "dem.tif", dn)
+    dem = open_dem(tmp_path / "dem.tif")
+    assert dem.dims == ("y", "x") and dem.name == "height"
+    assert pyproj.CRS(dem.rio.crs.to_wkt()).equals(open_raster(tmp_path / "dem.tif").crs)
+    assert tuple(dem.rio.transform())[:6] == (0.01, 0.0, 10.0, 0.0, -0.01, 5.0)
+    np.testing.assert_allclose(dem.x.values[:2], [10.005, 10.015])
+    np.testing.assert_allclose(dem.y.values[:2], [4.995, 4.985])
+    assert dem.rio.transform() == dem.rio.transform(recalc=True)
+    assert float(dem[0, 0]) == dn[0, 0, 0] * 0.5 + 10.0
+
+
+def test_chunks_follow_the_file_blocks_within_the_read_budget(tmp_path: Path) -> None:
+    dn = _dn(1, height=3000, width=3000)
+    _write(tmp_path / "dem.tif", dn, block=512)
+    dem = open_dem(tmp_path / "dem.tif")
+    assert dem.chunks is not None
+    rows, cols = dem.chunks
+    assert sum(rows) == 3000 and sum(cols) == 3000
+    assert all(size % 512 == 0 for size in rows[:-1] + cols[:-1])  # whole blocks per chunk
+    assert max(rows) * max(cols) * 4 <= 8 * 1024**2
+
+
+def test_a_read_elsewhere_pickles_and_reopens_the_same_file(tmp_path: Path) -> None:
+    dn = _dn(1)
+    _write(tmp_path / "dem.tif", dn)
+    raster = open_raster(tmp_path / "dem.tif")
+    values = lazy_values(raster)
+    rasters._pool.clear()  # as in a worker process: no handle opened yet
+    copy = pickle.loads(pickle.dumps(values))
+    expected = dn[0].astype(np.float32) * np.float32(0.5) + np.float32(10.0)
+    expected[dn[0] == NODATA] = np.nan
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(copy.compute(), expected)
+
+
+def test_a_file_changed_after_it_was_opened_is_refused_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "dem.tif"
+    _write(path, _dn(1))
+    dem = open_dem(path)
+    replacement = tmp_path / "new.tif"
+    _write(replacement, _dn(1) + 1)
+    os.replace(replacement, path)
+    rasters._pool.clear()  # as in a worker process, which opens the path anew
+    with pytest.raises(ProductRejected, match=r"dem\.tif: the file changed after it was opened"):
+        dem.compute(scheduler="synchronous")
+
+
+def test_a_rotated_grid_is_refused_naming_the_rule(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.tif"
+    rotated = rasterio.Affine(0.01, 0.001, 10.0, 0.0, -0.01, 5.0)
+    _write(path, _dn(1), transform=rotated)
+    with pytest.raises(ProductRejected, match=r"rotated\.tif: .*rotated.*north-up"):
+        open_dem(path)
+
+
+def test_to_dataarray_writes_the_grid_mapping_as_rioxarray_does(tmp_path: Path) -> None:
+    _write(tmp_path / "dem.tif", _dn(1))
+    raster = open_raster(tmp_path / "dem.tif")
+    ours = to_dataarray(lazy_values(raster), raster)
+    theirs = ours.copy().rio.write_crs(raster.crs).rio.write_transform(raster.transform)
+    assert ours.encoding["grid_mapping"] == "spatial_ref"
+    assert ours.coords["spatial_ref"].attrs == theirs.coords["spatial_ref"].attrs
