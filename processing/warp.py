@@ -22,7 +22,9 @@ column.
 
 from __future__ import annotations
 
+import bisect
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,8 +138,8 @@ class _Member:
 
     data: Any  # dask array (y, x) or (band, y, x), float32, the band axis in one chunk
     keys: np.ndarray  # (y chunks, x chunks) of the chunks' graph keys
-    row_edges: np.ndarray  # chunk boundaries along y, 0 … height
-    col_edges: np.ndarray
+    row_edges: tuple[int, ...]  # chunk boundaries along y, 0 … height
+    col_edges: tuple[int, ...]
     row: int  # offset of its first pixel in the group's grid
     col: int
 
@@ -149,8 +151,8 @@ class _Member:
         keys = np.empty(data.numblocks[-2:], dtype=object)
         for index in np.ndindex(*keys.shape):
             keys[index] = (data.name, *((0,) if data.ndim == 3 else ()), *index)
-        row_edges = np.concatenate([[0], np.cumsum(data.chunks[-2])])
-        col_edges = np.concatenate([[0], np.cumsum(data.chunks[-1])])
+        row_edges = (0, *itertools.accumulate(data.chunks[-2]))
+        col_edges = (0, *itertools.accumulate(data.chunks[-1]))
         return cls(data, keys, row_edges, col_edges, row, col)
 
     @property
@@ -159,7 +161,7 @@ class _Member:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return int(self.row_edges[-1]), int(self.col_edges[-1])
+        return self.row_edges[-1], self.col_edges[-1]
 
 
 @dataclass(frozen=True)
@@ -240,10 +242,10 @@ class _SourcePlan:
             r0, r1 = row0 - m.row, row1 - m.row
             c0, c1 = col0 - m.col, col1 - m.col
             for i in _overlapping(m.row_edges, r0, r1):
-                top, bottom = int(m.row_edges[i]), int(m.row_edges[i + 1])
+                top, bottom = m.row_edges[i], m.row_edges[i + 1]
                 cut_rows = (max(r0, top) - top, min(r1, bottom) - top)
                 for j in _overlapping(m.col_edges, c0, c1):
-                    left, right = int(m.col_edges[j]), int(m.col_edges[j + 1])
+                    left, right = m.col_edges[j], m.col_edges[j + 1]
                     cut_cols = (max(c0, left) - left, min(c1, right) - left)
                     inside = (cut_rows[1] - cut_rows[0]) * (cut_cols[1] - cut_cols[0])
                     if 2 * inside < (bottom - top) * (right - left):
@@ -286,10 +288,10 @@ _Part = tuple[Any, int, int]
 the row and column of its first pixel within a window (negative when it starts before it)."""
 
 
-def _overlapping(edges: np.ndarray, start: int, stop: int) -> range:
+def _overlapping(edges: tuple[int, ...], start: int, stop: int) -> range:
     """Indices of the chunks (between ``edges``) that overlap pixels ``start`` … ``stop``."""
-    first = max(0, int(np.searchsorted(edges, start, side="right")) - 1)
-    last = min(len(edges) - 1, int(np.searchsorted(edges, stop, side="left")))
+    first = max(0, bisect.bisect_right(edges, start) - 1)
+    last = min(len(edges) - 1, bisect.bisect_left(edges, stop))
     return range(first, last) if start < stop and stop > 0 and start < edges[-1] else range(0)
 
 
@@ -328,6 +330,18 @@ class _Georeferenced:
 
     @classmethod
     def of(cls, source: xr.DataArray) -> _Georeferenced:
+        mapping = source.coords.get("spatial_ref")
+        attrs = mapping.attrs if mapping is not None else {}
+        wkt, geo = attrs.get("crs_wkt"), attrs.get("GeoTransform")
+        if wkt and geo:
+            # What rioxarray's rio.crs and rio.transform() give (the resolution from the
+            # GeoTransform, the origin from the first coordinates), without its re-parsing
+            # and bounds checks on every call (ms each, per input).
+            _, a, b, _, d, e = (float(v) for v in geo.split())
+            if b == 0 and d == 0:
+                x0, y0 = float(source.x[0]), float(source.y[0])
+                transform = Affine(a, 0.0, x0 - a / 2, 0.0, e, y0 - e / 2)
+                return cls(source, _crs_of_wkt(wkt), transform)
         return cls(source, _crs_of_wkt(source.rio.crs.to_wkt()), source.rio.transform())
 
     @property
@@ -525,14 +539,20 @@ def _source_window(part: GeoBox, plan: _SourcePlan) -> Window | None:
     """The source pixels that output chunk ``part`` needs from ``plan``, or None if it needs
     none. When the plan wraps, a window across its seam has ``col1`` past the width."""
     left, bottom, right, top = part.boundingbox
-    steps = np.linspace(0.0, 1.0, SAMPLES_PER_EDGE)
-    gx, gy = np.meshgrid(left + (right - left) * steps, bottom + (top - bottom) * steps)
-    xs, ys = gx.ravel(), gy.ravel()
     inside = [(x, y) for x, y in plan.poles if left <= x <= right and bottom <= y <= top]
-    if inside:
-        xs = np.concatenate([xs, [x for x, _ in inside]])
-        ys = np.concatenate([ys, [y for _, y in inside]])
-    sx, sy = plan.to_source.transform(xs, ys, errcheck=False)
+    if plan.linear is not None and not inside:
+        # An affine map from output to source: the chunk's corners bound its window.
+        xs, ys = np.array([left, right, left, right]), np.array([bottom, bottom, top, top])
+        m = plan.linear
+        sx, sy = m.a * xs + m.b * ys + m.c, m.d * xs + m.e * ys + m.f
+    else:
+        steps = np.linspace(0.0, 1.0, SAMPLES_PER_EDGE)
+        gx, gy = np.meshgrid(left + (right - left) * steps, bottom + (top - bottom) * steps)
+        xs, ys = gx.ravel(), gy.ravel()
+        if inside:
+            xs = np.concatenate([xs, [x for x, _ in inside]])
+            ys = np.concatenate([ys, [y for _, y in inside]])
+        sx, sy = plan.to_source.transform(xs, ys, errcheck=False)
     cols, rows = ~plan.affine * (np.asarray(sx), np.asarray(sy))
     finite = np.isfinite(cols) & np.isfinite(rows)
     height, width = plan.shape
