@@ -31,7 +31,8 @@ MULTIBAND_VARIABLE = "reflectance"
 # GDAL's block cache for the processes that build tiles: Dask holds the decoded chunks and
 # reads each input chunk once, so GDAL's default (5 % of the machine's memory, which Dask
 # can neither see nor spill) would only hold copies. Set as GDAL_CACHEMAX in the workers.
-GDAL_CACHE_MIB = 64
+# 16 MiB, not 64: the benchmark's peak 482 -> 427 MiB, at the same speed (measured).
+GDAL_CACHE_MIB = 16
 
 
 def open_dem(path: Path) -> xr.DataArray:

@@ -10,6 +10,7 @@ import pickle
 from pathlib import Path
 
 import dask
+import dask.utils
 import numpy as np
 import pyproj
 import pytest
@@ -17,7 +18,7 @@ import rasterio  # type: ignore[import-untyped]
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
 from lunarchive.processing import rasters
-from lunarchive.processing.rasters import lazy_values, open_raster, to_dataarray
+from lunarchive.processing.rasters import READ_CHUNK, lazy_values, open_raster, to_dataarray
 from lunarchive.processing.readers import open_dem, open_map
 from lunarchive.schemas.errors import ProductRejected
 
@@ -89,7 +90,7 @@ def test_chunks_follow_the_file_blocks_within_the_read_budget(tmp_path: Path) ->
     rows, cols = dem.chunks
     assert sum(rows) == 3000 and sum(cols) == 3000
     assert all(size % 512 == 0 for size in rows[:-1] + cols[:-1])  # whole blocks per chunk
-    assert max(rows) * max(cols) * 4 <= 8 * 1024**2
+    assert max(rows) * max(cols) * 4 <= dask.utils.parse_bytes(READ_CHUNK)
 
 
 def test_a_read_elsewhere_pickles_and_reopens_the_same_file(tmp_path: Path) -> None:
