@@ -14,6 +14,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 from lunarchive.catalog.quarantine import quarantine
 from lunarchive.catalog.store import Store, open_store
 from lunarchive.flows.settings import Settings, s3_options
+from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
 from lunarchive.processing.readers import GDAL_CACHE_MIB
 from lunarchive.schemas.errors import QUARANTINE, RETRY, decision_for
 
@@ -49,8 +50,12 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
-            # a small GDAL block cache: Dask holds the decoded chunks (readers.GDAL_CACHE_MIB)
-            "env": {"GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MIB))},
+            "env": {
+                # a small GDAL block cache: Dask holds the decoded chunks (GDAL_CACHE_MIB)
+                "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MIB)),
+                # zarr's synchronous codec pipeline for tile writes (pyramid.WRITE_PIPELINE)
+                **WRITE_PIPELINE_ENV,
+            },
         }
     )
 

@@ -38,6 +38,8 @@ from lunarchive.schemas.errors import ProductRejected
 
 __all__ = [
     "MULTISCALES_CONVENTION",
+    "WRITE_PIPELINE",
+    "WRITE_PIPELINE_ENV",
     "ZSTD_LEVEL",
     "StorageLayout",
     "check_stored_chunks",
@@ -55,6 +57,13 @@ ZSTD_LEVEL: Final = 3
 CHUNK_BUDGET_BYTES: Final = 16 * 1024**2  # one chunk, all bands: a pixel's spectrum in one read
 SHARD_BUDGET_BYTES: Final = 64 * 1024**2  # one shard: one object, and one dask write task
 OVERVIEW_MIN_PX: Final = 256  # no overview level smaller than this on its longer side
+WRITE_PIPELINE: Final = {"codec_pipeline.path": "zarr.core.codec_pipeline.FusedCodecPipeline"}
+"""zarr's opt-in synchronous codec pipeline for tile writes: a task encodes and stores its
+chunks in one call instead of one coroutine per chunk on zarr's event loop thread, which two
+Dask threads and the loop contend for (the benchmark's build: 4.7 -> 4.1 s on two threads,
+measured). The zarr config is per process: Dask worker processes get it as the environment
+variable :data:`WRITE_PIPELINE_ENV`."""
+WRITE_PIPELINE_ENV: Final = {"ZARR_CODEC_PIPELINE__PATH": WRITE_PIPELINE["codec_pipeline.path"]}
 MULTISCALES_CONVENTION: Final = {
     "name": "multiscales",
     "uuid": "d35379db-88df-4056-af3a-620245f8e347",
@@ -147,14 +156,15 @@ def _write_level(ds: xr.Dataset, store: Store, *, group: str | None, shard: bool
     }
     if layout.shards:
         encoding["shards"] = layout.shards
-    prepared.to_zarr(
-        store,
-        group=group,
-        mode="w-",
-        zarr_format=3,
-        consolidated=False,
-        encoding={variable: encoding},
-    )
+    with zarr.config.set(WRITE_PIPELINE):
+        prepared.to_zarr(
+            store,
+            group=group,
+            mode="w-",
+            zarr_format=3,
+            consolidated=False,
+            encoding={variable: encoding},
+        )
 
 
 def _write_chunks(

@@ -250,6 +250,7 @@ def child(
     if tool == "lunarchive":
         # lunarchive's small GDAL block cache, as the process flow's workers get it (imported
         # here only: the GDAL child must not pay for lunarchive's imports)
+        from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
         from lunarchive.processing.readers import GDAL_CACHE_MIB
 
         os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MIB))
@@ -266,7 +267,7 @@ def child(
             processes=True,
             dashboard_address=None,
             memory_limit=f"{memory_limit_mib}MiB" if memory_limit_mib else "auto",
-            env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB)},
+            env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB), **WRITE_PIPELINE_ENV},
         )
         client = Client(cluster)
         for module in ("lunarchive.processing.warp", "lunarchive.processing.pyramid", "zarr"):
