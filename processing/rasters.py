@@ -40,7 +40,7 @@ from rasterio.windows import Window  # type: ignore[import-untyped]
 from lunarchive.processing.crs import assert_lunar
 from lunarchive.schemas.errors import ProductRejected
 
-__all__ = ["READ_CHUNK", "Raster", "lazy_values", "open_raster", "to_dataarray"]
+__all__ = ["READ_CHUNK", "STRIP_READ_CHUNK", "Raster", "lazy_values", "open_raster", "to_dataarray"]
 
 # dask's functions carry no annotations, which mypy --strict refuses to call: typed as Any.
 da: Any = dask.array
@@ -52,6 +52,10 @@ file's blocks. A warp task takes the chunks its windows touch, or cuts of them: 
 chunks mean less of a chunk read ahead of the tasks that need it (the benchmark's peak: 455
 MiB at 8 MiB, 395 at 2 MiB, at the same speed, measured); dask's default, 128 MiB, would make
 a whole input tile one chunk."""
+STRIP_READ_CHUNK: Final = "8MiB"
+"""The same for a file stored in whole rows (PDS and ISIS products, line-interleaved): a chunk
+is then a band of whole rows, which a smaller budget would make only a few rows tall on a
+global map (a warp window then touches hundreds of chunks)."""
 _POOL_FILES: Final = 64  # files whose idle handles a process keeps (least recently used go)
 
 
@@ -135,10 +139,11 @@ def lazy_values(raster: Raster, *, bands: Sequence[int] | None = None) -> Any:
     previous: tuple[int, ...] = raster.block
     if indexes is not None:
         shape, previous = (len(indexes), *shape), (len(indexes), *previous)
+    strips = raster.block[1] >= raster.width  # line-interleaved (PDS, ISIS): whole rows
     chunks = da.core.normalize_chunks(
         ("auto",) * len(shape) if indexes is None else (-1, "auto", "auto"),
         shape,
-        limit=READ_CHUNK,
+        limit=STRIP_READ_CHUNK if strips else READ_CHUNK,
         dtype=np.float32,
         previous_chunks=previous,
     )

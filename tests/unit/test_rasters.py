@@ -18,7 +18,13 @@ import rasterio  # type: ignore[import-untyped]
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
 from lunarchive.processing import rasters
-from lunarchive.processing.rasters import READ_CHUNK, lazy_values, open_raster, to_dataarray
+from lunarchive.processing.rasters import (
+    READ_CHUNK,
+    STRIP_READ_CHUNK,
+    lazy_values,
+    open_raster,
+    to_dataarray,
+)
 from lunarchive.processing.readers import open_dem, open_map
 from lunarchive.schemas.errors import ProductRejected
 
@@ -133,3 +139,15 @@ def test_to_dataarray_writes_the_grid_mapping_as_rioxarray_does(tmp_path: Path) 
     theirs = ours.copy().rio.write_crs(raster.crs).rio.write_transform(raster.transform)
     assert ours.encoding["grid_mapping"] == "spatial_ref"
     assert ours.coords["spatial_ref"].attrs == theirs.coords["spatial_ref"].attrs
+
+
+def test_a_file_stored_in_whole_rows_is_read_in_bands_of_rows(tmp_path: Path) -> None:
+    dn = _dn(1, height=3000, width=3000)
+    _write(tmp_path / "strips.tif", dn, tiled=False, blockysize=1)
+    assert open_raster(tmp_path / "strips.tif").block == (1, 3000)
+    dem = open_dem(tmp_path / "strips.tif")
+    assert dem.chunks is not None
+    rows, cols = dem.chunks
+    assert cols == (3000,)  # whole rows: each line read once
+    strip_budget = dask.utils.parse_bytes(STRIP_READ_CHUNK)
+    assert dask.utils.parse_bytes(READ_CHUNK) < max(rows) * 3000 * 4 <= strip_budget
