@@ -11,7 +11,8 @@ and gives it back. On a threaded scheduler the handle opened to inspect the file
 reads; a worker of a cluster opens each file once per concurrent reader. Opening a lunar
 product costs about 10 ms (GDAL builds its CRS from PROJ's database), most of the serial
 set-up before a mosaic can start. A file that changed since it was inspected (another inode,
-size or modification time) is refused, never read as if it were the same product.
+size or modification time) is refused, never read as if it were the same product; idle handles
+on files deleted or replaced since (a staging folder removed) are closed before the next open.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def open_raster(path: Path) -> Raster:
     CRS, a north-up grid, every line present. Raises :class:`ProductRejected` naming the file
     and the rule; the handle is kept for the reads."""
     stamp = _stamp(path)
+    _sweep()
     try:
         src = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
@@ -258,6 +260,13 @@ def _stamp(path: Path) -> tuple[int, int, int]:
     return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
+def _current(key: _Key) -> bool:
+    try:
+        return _stamp(Path(key[0])) == key[1]
+    except OSError:
+        return False
+
+
 @functools.lru_cache(maxsize=64)
 def _crs_of_wkt(wkt: str) -> pyproj.CRS:
     """Parsed once per distinct CRS: the tiles of one map share it (a parse costs ms)."""
@@ -294,6 +303,7 @@ def _handle(raster: Raster) -> Iterator[Any]:
                 f"{path.name}: the file changed after it was opened (rule: a product is "
                 "read as it was checked; rerun to take the new file)"
             )
+        _sweep()
         src = rasterio.open(path)
     try:
         yield src
@@ -314,6 +324,17 @@ def _take(key: _Key) -> Any | None:
             return None
         _pool.move_to_end(key)
         return idle.pop()
+
+
+def _sweep() -> None:
+    """Close the idle handles on files deleted or replaced since they were opened (a staging
+    folder removed once its tile is built): their disk space is freed, not kept by a handle.
+    Run before each new open, so that at most the last files a process read stay open."""
+    with _pool_lock:
+        stale = [key for key in _pool if not _current(key)]
+        handles = [handle for key in stale for handle in _pool.pop(key)]
+    for handle in handles:
+        handle.close()
 
 
 def _give_back(key: _Key, src: Any) -> None:

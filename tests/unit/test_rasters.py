@@ -151,3 +151,15 @@ def test_a_file_stored_in_whole_rows_is_read_in_bands_of_rows(tmp_path: Path) ->
     assert cols == (3000,)  # whole rows: each line read once
     strip_budget = dask.utils.parse_bytes(STRIP_READ_CHUNK)
     assert dask.utils.parse_bytes(READ_CHUNK) < max(rows) * 3000 * 4 <= strip_budget
+
+
+def test_handles_on_deleted_files_are_closed_at_the_next_open(tmp_path: Path) -> None:
+    staged, other = tmp_path / "staged.tif", tmp_path / "other.tif"
+    _write(staged, _dn(1))
+    _write(other, _dn(1))
+    open_dem(staged).compute(scheduler="synchronous")
+    assert any(path == str(staged) for path, _ in rasters._pool)  # kept for later reads
+    staged.unlink()  # the staging folder of a built tile goes
+    open_dem(other)
+    assert not any(path == str(staged) for path, _ in rasters._pool)
+    assert any(path == str(other) for path, _ in rasters._pool)
