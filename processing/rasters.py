@@ -193,6 +193,20 @@ def to_dataarray(values: Any, raster: Raster, *, name: str | None = None) -> xr.
     return data
 
 
+@dataclass(frozen=True)
+class _ReadSpec:
+    """What a read needs of a raster, and no more: it travels with every read task (a CRS
+    would be parsed again, and a label's tags copied, per task on a cluster)."""
+
+    path: str
+    stamp: tuple[int, int, int]
+    height: int
+    width: int
+    scales: tuple[float, ...]
+    offsets: tuple[float, ...]
+    nodata: float | None
+
+
 class _Reader:
     """Array-like over one raster for :func:`dask.array.from_array`: indexing it reads the
     window and returns float32 physical values. Pickles as its facts (workers reopen)."""
@@ -200,7 +214,15 @@ class _Reader:
     VERSION: Final = 1  # in the dask names: bump when what a read returns changes
 
     def __init__(self, raster: Raster, indexes: tuple[int, ...] | None) -> None:
-        self.raster = raster
+        self.raster = _ReadSpec(
+            raster.path,
+            raster.stamp,
+            raster.height,
+            raster.width,
+            raster.scales,
+            raster.offsets,
+            raster.nodata,
+        )
         self.indexes = indexes
         self.ndim = 2 if indexes is None else 3
         plane = (raster.height, raster.width)
@@ -292,7 +314,7 @@ _pool_pid = os.getpid()
 
 
 @contextlib.contextmanager
-def _handle(raster: Raster) -> Iterator[Any]:
+def _handle(raster: _ReadSpec) -> Iterator[Any]:
     """An open dataset on ``raster``'s file for this thread alone, returned to the pool after."""
     key = (raster.path, raster.stamp)
     src = _take(key)
