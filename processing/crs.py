@@ -35,6 +35,7 @@ __all__ = [
     "CrsLike",
     "Geometry",
     "assert_lunar",
+    "crs_of_wkt",
     "iau_code",
     "lunar_footprint",
     "moon_geographic",
@@ -73,6 +74,13 @@ _POLAR_A: Final = "EPSG:9810"  # Polar Stereographic (variant A)
 def moon_geographic() -> pyproj.CRS:
     """IAU_2015:30100, Moon (2015) sphere, planetocentric lon/lat (axis order lat, lon)."""
     return pyproj.CRS.from_user_input("IAU_2015:30100")
+
+
+@functools.lru_cache(maxsize=64)
+def crs_of_wkt(wkt: str) -> pyproj.CRS:
+    """pyproj's CRS of a WKT, parsed once per distinct WKT (a parse costs milliseconds, and
+    the tiles of one map, and every chunk plan, share one CRS)."""
+    return pyproj.CRS.from_wkt(wkt)
 
 
 def _as_crs(crs: CrsLike) -> pyproj.CRS:

@@ -38,7 +38,7 @@ import xarray as xr
 from affine import Affine
 from rasterio.windows import Window  # type: ignore[import-untyped]
 
-from lunarchive.processing.crs import assert_lunar
+from lunarchive.processing.crs import assert_lunar, crs_of_wkt
 from lunarchive.schemas.errors import ProductRejected
 
 __all__ = ["READ_CHUNK", "STRIP_READ_CHUNK", "Raster", "lazy_values", "open_raster", "to_dataarray"]
@@ -97,7 +97,7 @@ def open_raster(path: Path) -> Raster:
     try:
         crs_wkt = src.crs.to_wkt() if src.crs is not None else None
         try:
-            parsed: pyproj.CRS | str | None = _crs_of_wkt(crs_wkt) if crs_wkt else None
+            parsed: pyproj.CRS | str | None = crs_of_wkt(crs_wkt) if crs_wkt else None
         except pyproj.exceptions.CRSError:
             parsed = crs_wkt  # assert_lunar names what is wrong with it
         crs = assert_lunar(parsed, where=path.name)
@@ -287,12 +287,6 @@ def _current(key: _Key) -> bool:
         return _stamp(Path(key[0])) == key[1]
     except OSError:
         return False
-
-
-@functools.lru_cache(maxsize=64)
-def _crs_of_wkt(wkt: str) -> pyproj.CRS:
-    """Parsed once per distinct CRS: the tiles of one map share it (a parse costs ms)."""
-    return pyproj.CRS.from_wkt(wkt)
 
 
 @functools.lru_cache(maxsize=64)

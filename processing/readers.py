@@ -14,14 +14,13 @@ from typing import Any
 import xarray as xr
 
 from lunarchive.processing.crs import MOON_RADIUS_M
-from lunarchive.processing.rasters import READ_CHUNK, Raster, lazy_values, open_raster, to_dataarray
+from lunarchive.processing.rasters import Raster, lazy_values, open_raster, to_dataarray
 from lunarchive.processing.tiles import bands_of
 from lunarchive.schemas.errors import ProductRejected
 
 __all__ = [
     "GDAL_CACHE_MIB",
     "MULTIBAND_VARIABLE",
-    "READ_CHUNK",
     "open_dem",
     "open_map",
 ]

@@ -13,7 +13,6 @@ Nothing is computed here.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -29,7 +28,7 @@ import pyproj
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar
+from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar, crs_of_wkt
 from lunarchive.processing.cube import build_cube
 from lunarchive.processing.grids import Tile, overlaps
 from lunarchive.processing.rasters import Raster, lazy_values, open_raster, to_dataarray
@@ -250,7 +249,7 @@ def mosaic_onto(layers: Sequence[Layer], geobox: GeoBox, *, resampling: str) -> 
     lazily; the result carries the first layer's attributes and the GeoBox's CRS."""
     if geobox.crs is None:
         raise ValueError("a GeoBox without a CRS cannot be a lunar grid")
-    target = _crs_of_wkt(geobox.crs.to_wkt())
+    target = crs_of_wkt(geobox.crs.to_wkt())
     pieces = [piece for layer in layers for piece in normalise_longitudes(layer.data, target)]
     merged = mosaic_lazy(pieces, geobox, resampling=resampling, chunk_px=WARP_CHUNK_PX)
     merged.attrs = _variable_attrs(layers[0].data)
@@ -353,13 +352,7 @@ def split_at_antimeridian(data: xr.DataArray) -> list[xr.DataArray]:
 
 
 def _crs_of(data: xr.DataArray) -> pyproj.CRS:
-    return _crs_of_wkt(data.rio.crs.to_wkt())
-
-
-@functools.lru_cache(maxsize=64)
-def _crs_of_wkt(wkt: str) -> pyproj.CRS:
-    """pyproj's CRS of a WKT, parsed once (tens of milliseconds each time otherwise)."""
-    return pyproj.CRS.from_wkt(wkt)
+    return crs_of_wkt(data.rio.crs.to_wkt())
 
 
 def _cylindrical_period(crs: pyproj.CRS) -> float | None:

@@ -45,7 +45,7 @@ from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling  # type: ignore[import-untyped]
 from rasterio.warp import reproject  # type: ignore[import-untyped]
 
-from lunarchive.processing.crs import MOON_RADIUS_M
+from lunarchive.processing.crs import MOON_RADIUS_M, crs_of_wkt
 
 __all__ = ["SAMPLES_PER_EDGE", "reproject_lazy"]
 
@@ -343,17 +343,12 @@ class _Georeferenced:
             if b == 0 and d == 0:
                 x0, y0 = float(source.x[0]), float(source.y[0])
                 transform = Affine(a, 0.0, x0 - a / 2, 0.0, e, y0 - e / 2)
-                return cls(source, _crs_of_wkt(wkt), transform)
-        return cls(source, _crs_of_wkt(source.rio.crs.to_wkt()), source.rio.transform())
+                return cls(source, crs_of_wkt(wkt), transform)
+        return cls(source, crs_of_wkt(source.rio.crs.to_wkt()), source.rio.transform())
 
     @property
     def resolution(self) -> tuple[float, float]:
         return (self.transform.a, self.transform.e)
-
-
-@functools.lru_cache(maxsize=64)
-def _crs_of_wkt(wkt: str) -> pyproj.CRS:
-    return pyproj.CRS.from_wkt(wkt)
 
 
 def _same_grid(a: _Georeferenced, b: _Georeferenced) -> bool:
@@ -656,8 +651,26 @@ def _warp_merge(
         # inputs without nodata). The output starts NaN either way.
         nodata = np.nan if np.isnan(source).any() else None
         with _as_dataset(source, transform, crs) as (view, src_transform, src_crs):
-            _reproject_window(view, layer, src_transform, src_crs, nodata, dst_transform,
-                              dst_crs, method, scale)  # fmt: skip
+            reproject(
+                view,
+                layer,
+                src_transform=src_transform,
+                src_crs=src_crs,
+                src_nodata=nodata,
+                dst_transform=dst_transform,
+                dst_crs=dst_crs,
+                dst_nodata=None,
+                resampling=method,
+                num_threads=1,
+                init_dest_nodata=False,
+                # One warp over the whole window: GDAL would otherwise cut a large window
+                # into pieces and lose a strip where a piece's outline crosses the seam.
+                warp_mem_limit=_WARP_MEM_LIMIT_MB,
+                # The kernel's reach from the nominal resolutions, not from each chunk's
+                # window (GDAL's default), so a chunk's result does not depend on the cut.
+                XSCALE=scale,
+                YSCALE=scale,
+            )
         if layer is not merged:
             np.copyto(merged, layer, where=np.isnan(merged))
         if not np.isnan(merged).any():
@@ -665,39 +678,6 @@ def _warp_merge(
         if layer is merged:
             layer = np.empty(shape, dtype=np.float32)
     return merged
-
-
-def _reproject_window(
-    source: Any,
-    layer: np.ndarray,
-    transform: Affine | None,
-    crs: str | None,
-    nodata: float | None,
-    dst_transform: Affine,
-    dst_crs: str,
-    method: Resampling,
-    scale: float,
-) -> None:
-    reproject(
-        source,
-        layer,
-        src_transform=transform,
-        src_crs=crs,
-        src_nodata=nodata,
-        dst_transform=dst_transform,
-        dst_crs=dst_crs,
-        dst_nodata=None,
-        resampling=method,
-        num_threads=1,
-        init_dest_nodata=False,
-        # One warp over the whole window: GDAL would otherwise cut a large window into
-        # pieces and lose a strip where a piece's outline crosses the source's seam.
-        warp_mem_limit=_WARP_MEM_LIMIT_MB,
-        # The kernel's reach from the nominal resolutions, not from each chunk's window
-        # (GDAL's default), so a chunk's result does not depend on how the tile is cut.
-        XSCALE=scale,
-        YSCALE=scale,
-    )
 
 
 @contextlib.contextmanager
