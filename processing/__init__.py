@@ -5,10 +5,11 @@ Modules: ``products`` (one entry point: any product → its ``ProductRecord``), 
 ``labels`` (the hardened XML parser), ``arrays`` (declared sizes checked before allocating),
 ``crs`` (Moon CRSs, IAU_2015 codes, lunar footprints), ``grids`` (named lunar grids and
 their tilings), ``tiles`` / ``warp`` (per-tile cubes on Dask, overlap rules, provenance),
-``pyramid`` (Zarr tiles with overviews and ``multiscales``), ``stats``, ``quicklook``,
-``samples`` (sample tables: validation, units, GeoParquet), ``readers`` (DEM products to lazy
-xarray, specimen CSV to records), ``cube`` (a lunar raster as a one-variable cube with its
-CRS), ``at_site`` (tile values at sample sites), ``demo_archive`` (the demo's synthetic archive).
+``gdal`` (GDAL's warper through its C API, without the GIL), ``pyramid`` (Zarr tiles with
+overviews and ``multiscales``), ``stats``, ``quicklook``, ``samples`` (sample tables:
+validation, units, GeoParquet), ``readers`` (DEM products to lazy xarray, specimen CSV to
+records), ``cube`` (a lunar raster as a one-variable cube with its CRS), ``at_site`` (tile
+values at sample sites), ``demo_archive`` (the demo's synthetic archive).
 """
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "crs",
     "cube",
     "demo_archive",
+    "gdal",
     "geotiff",
     "grids",
     "isis3",

@@ -1,12 +1,13 @@
 """Reproject a lazy lunar raster onto a GeoBox, one GDAL warp per output chunk, on Dask.
 
-odc-geo gives the grids (GeoBox) and GDAL (through rasterio) does the resampling arithmetic;
-what is ours is the plan: which source window each output chunk needs. odc-geo plans by
-projecting chunk outlines, which fails where an outline cannot be projected (a polar chunk
-seen from a global equirectangular source: the pole is a line there). Here each output chunk
-is sampled on a dense lattice of points, with its edges and, when it holds one, the pole; the
-points are taken to source pixel coordinates, and their span plus the kernel's reach is the
-window. A chunk whose points all fall outside the source is NaN without reading anything.
+odc-geo gives the grids (GeoBox) and GDAL's warper (called through ``gdal``, without the
+GIL) does the resampling arithmetic; what is ours is the plan: which source window each
+output chunk needs. odc-geo plans by projecting chunk outlines, which fails where an outline
+cannot be projected (a polar chunk seen from a global equirectangular source: the pole is a
+line there). Here each output chunk is sampled on a dense lattice of points, with its edges
+and, when it holds one, the pole; the points are taken to source pixel coordinates, and
+their span plus the kernel's reach is the window. A chunk whose points all fall outside the
+source is NaN without reading anything.
 
 Each output chunk is one task that takes the source chunks its windows touch by key (each
 source chunk is read once, whatever the number of output chunks that need it), or a cut of
@@ -23,11 +24,10 @@ column.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import functools
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,16 +36,15 @@ import dask.array
 import dask.base
 import numpy as np
 import pyproj
-import rasterio  # type: ignore[import-untyped]
 import xarray as xr
 from affine import Affine
 from dask import _task_spec
 from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling  # type: ignore[import-untyped]
-from rasterio.warp import reproject  # type: ignore[import-untyped]
 
 from lunarchive.processing.crs import MOON_RADIUS_M, crs_of_wkt
+from lunarchive.processing.gdal import warp_into
 
 __all__ = ["SAMPLES_PER_EDGE", "reproject_lazy"]
 
@@ -86,7 +85,7 @@ def mosaic_lazy(
     the source chunks its windows touch and stops warping once the chunk is full."""
     if not sources:
         raise ValueError("mosaic_lazy needs at least one source")
-    method = Resampling[resampling]
+    method = _gdal_resampling(resampling)
     dst_crs = _crs_of(geobox)
     first = sources[0]
     band_dims = first.ndim == 3
@@ -366,7 +365,7 @@ def _merged_chunk(
     plans: Sequence[_SourcePlan],
     part: GeoBox,
     bands: int,
-    method: Resampling,
+    method: str,
     dst_warp_crs: str,
     band_dims: bool,
     cuts: _Cuts,
@@ -497,6 +496,16 @@ def _warp_crs_of_wkt(wkt: str) -> str:
     return candidate if same else wkt
 
 
+def _gdal_resampling(name: str) -> str:
+    """gdalwarp's name (``-r``) for a resampling named as rasterio's ``Resampling``."""
+    try:
+        member = Resampling[name]
+    except KeyError:
+        known = ", ".join(m.name for m in Resampling)
+        raise ValueError(f"unknown resampling {name!r}: one of {known}") from None
+    return "near" if member.name == "nearest" else member.name.replace("_", "")
+
+
 def _pixel_m(crs: pyproj.CRS, resolution: tuple[float, float]) -> float:
     """A nominal pixel size in metres (geographic degrees taken at the equator)."""
     size = math.sqrt(abs(resolution[0] * resolution[1]))
@@ -607,7 +616,7 @@ def _with_pole_lines(
 def _warp_pieces(
     pieces: Sequence[_Piece],
     shape: tuple[int, int, int],
-    method: Resampling,
+    method: str,
     band_dims: bool,
 ) -> np.ndarray:
     """One output chunk (``shape`` is (band, y, x)) from its pieces, NaN where none reaches;
@@ -637,7 +646,7 @@ def _warp_merge(
     sources: Sequence[_Window],
     dst_transform: Affine,
     shape: tuple[int, ...],
-    method: Resampling,
+    method: str,
 ) -> np.ndarray:
     """One output block (``shape`` (band, y, x)): each source's window assembled and
     warped, first-wins."""
@@ -650,27 +659,26 @@ def _warp_merge(
         # A block without NaN needs no validity mask: GDAL's fast path (as gdalwarp's on
         # inputs without nodata). The output starts NaN either way.
         nodata = np.nan if np.isnan(source).any() else None
-        with _as_dataset(source, transform, crs) as (view, src_transform, src_crs):
-            reproject(
-                view,
-                layer,
-                src_transform=src_transform,
-                src_crs=src_crs,
-                src_nodata=nodata,
-                dst_transform=dst_transform,
-                dst_crs=dst_crs,
-                dst_nodata=None,
-                resampling=method,
-                num_threads=1,
-                init_dest_nodata=False,
-                # One warp over the whole window: GDAL would otherwise cut a large window
-                # into pieces and lose a strip where a piece's outline crosses the seam.
-                warp_mem_limit=_WARP_MEM_LIMIT_MB,
+        warp_into(
+            source,
+            transform,
+            crs,
+            layer,
+            dst_transform,
+            dst_crs,
+            resampling=method,
+            src_nodata=nodata,
+            warp_options={
                 # The kernel's reach from the nominal resolutions, not from each chunk's
                 # window (GDAL's default), so a chunk's result does not depend on the cut.
-                XSCALE=scale,
-                YSCALE=scale,
-            )
+                "XSCALE": repr(scale),
+                "YSCALE": repr(scale),
+                "NUM_THREADS": "1",
+            },
+            # One warp over the whole window: GDAL would otherwise cut a large window into
+            # pieces and lose a strip where a piece's outline crosses the seam.
+            warp_memory_mb=_WARP_MEM_LIMIT_MB,
+        )
         if layer is not merged:
             np.copyto(merged, layer, where=np.isnan(merged))
         if not np.isnan(merged).any():
@@ -678,27 +686,6 @@ def _warp_merge(
         if layer is merged:
             layer = np.empty(shape, dtype=np.float32)
     return merged
-
-
-@contextlib.contextmanager
-def _as_dataset(
-    values: np.ndarray, transform: Affine, crs: str
-) -> Iterator[tuple[Any, Affine | None, str | None]]:
-    """``values`` ((band, y, x) float32, C-contiguous) as the warper's source: a GDAL
-    in-memory dataset over the array's own buffer, with its transform and CRS, when the CRS
-    is a PROJ string (rasterio copies an array source on every call: a second copy of the
-    window held, and 3 ms of a polar window's 18, measured); else the array itself."""
-    if "," in crs or not values.flags.c_contiguous or values.dtype != np.float32:
-        yield values, transform, crs
-        return
-    bands, rows, cols = values.shape
-    geotransform = "/".join(repr(float(v)) for v in transform.to_gdal())
-    name = (
-        f"MEM:::DATAPOINTER={values.ctypes.data},PIXELS={cols},LINES={rows},BANDS={bands},"
-        f"DATATYPE=Float32,GEOTRANSFORM={geotransform},SPATIALREFERENCE={crs}"
-    )
-    with rasterio.Env(GDAL_MEM_ENABLE_OPEN="YES"), rasterio.open(name) as dataset:
-        yield rasterio.band(dataset, list(range(1, bands + 1))), None, None
 
 
 def _assemble(

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import glob
 import importlib
 import json
 import math
@@ -172,12 +171,9 @@ def run_lunarchive(job: Job, out: Path, workers: int) -> None:
 
 
 def run_gdal(job: Job, out: Path, workers: int) -> None:
-    import rasterio  # its wheel bundles the libgdal called here
+    from lunarchive.processing.gdal import libgdal  # rasterio's libgdal, nothing more imported
 
-    lib = ctypes.CDLL(
-        glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + ".libs", "libgdal-*.so*"))[0]
-    )
-    lib.GDALAllRegister()
+    lib = libgdal()
     lib.CPLSetConfigOption(b"GDAL_NUM_THREADS", str(workers).encode())
     for name in ("GDALBuildVRT", "GDALWarp", "GDALTranslate"):
         getattr(lib, name).restype = ctypes.c_void_p

@@ -1,0 +1,134 @@
+"""GDAL's warper through its C API (``processing.gdal``) gives rasterio's ``reproject`` values."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from affine import Affine
+from rasterio.enums import Resampling  # type: ignore[import-untyped]
+from rasterio.warp import reproject  # type: ignore[import-untyped]
+
+from lunarchive.processing.gdal import GdalError, warp_into
+
+LONGLAT = "+proj=longlat +R=1737400 +no_defs"
+SOUTH_POLAR = "+proj=stere +lat_0=-90 +lon_0=0 +k=1 +x_0=0 +y_0=0 +R=1737400 +units=m +no_defs"
+# A cap of the south pole, 0..40° E, 1 km pixels, with a hole of no data.
+SOURCE_TRANSFORM = Affine(0.01, 0.0, 0.0, 0.0, -0.01, -80.0)
+TARGET_TRANSFORM = Affine(100.0, 0.0, 20_000.0, 0.0, -100.0, 90_000.0)
+
+
+def _source(bands: int) -> np.ndarray:
+    rows, cols = np.mgrid[0:1000, 0:4000].astype(np.float32)
+    values = np.stack([rows * 0.5 + cols * 0.1 + 7 * b for b in range(bands)])
+    values[:, 500:510, 100:200] = np.nan
+    return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def _by_rasterio(source: np.ndarray, method: str, nodata: float | None) -> np.ndarray:
+    out = np.full((source.shape[0], 256, 256), np.nan, dtype=np.float32)
+    reproject(
+        source,
+        out,
+        src_transform=SOURCE_TRANSFORM,
+        src_crs=LONGLAT,
+        src_nodata=nodata,
+        dst_transform=TARGET_TRANSFORM,
+        dst_crs=SOUTH_POLAR,
+        dst_nodata=None,
+        resampling=Resampling[method],
+        num_threads=1,
+        init_dest_nodata=False,
+        XSCALE=0.8,
+        YSCALE=0.8,
+    )
+    return out
+
+
+def _by_c_api(source: np.ndarray, method: str, nodata: float | None) -> np.ndarray:
+    out = np.full((source.shape[0], 256, 256), np.nan, dtype=np.float32)
+    warp_into(
+        source,
+        SOURCE_TRANSFORM,
+        LONGLAT,
+        out,
+        TARGET_TRANSFORM,
+        SOUTH_POLAR,
+        resampling="near" if method == "nearest" else method,
+        src_nodata=nodata,
+        warp_options={"XSCALE": "0.8", "YSCALE": "0.8", "NUM_THREADS": "1"},
+        warp_memory_mb=1024,
+    )
+    return out
+
+
+@pytest.mark.parametrize("method", ["nearest", "bilinear", "cubic", "average"])
+@pytest.mark.parametrize("bands", [1, 3])
+def test_a_polar_warp_equals_rasterio_reproject(method: str, bands: int) -> None:
+    source = _source(bands)
+    expected = _by_rasterio(source, method, np.nan)
+    got = _by_c_api(source, method, np.nan)
+    assert np.isfinite(got).sum() > 0.5 * got.size  # the target lies on the source
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_without_nodata_the_fast_path_gives_the_same_values() -> None:
+    source = np.nan_to_num(_source(1), nan=1.0)
+    np.testing.assert_array_equal(
+        _by_c_api(source, "bilinear", None), _by_rasterio(source, "bilinear", None)
+    )
+
+
+def test_warps_on_threads_at_once_give_each_its_own_result() -> None:
+    sources = [_source(1) + 100 * i for i in range(4)]
+    results: dict[int, np.ndarray] = {}
+
+    def run(i: int) -> None:
+        results[i] = _by_c_api(sources[i], "bilinear", np.nan)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(4):
+        np.testing.assert_array_equal(results[i], _by_rasterio(sources[i], "bilinear", np.nan))
+
+
+def test_a_crs_gdal_cannot_read_fails_with_gdals_message() -> None:
+    out = np.full((1, 8, 8), np.nan, dtype=np.float32)
+    with pytest.raises(
+        GdalError,
+        match=r"GDALWarpAppOptionsNew failed \(warp from .not-a-crs. to .*\): Invalid SRS",
+    ):
+        warp_into(
+            _source(1),
+            SOURCE_TRANSFORM,
+            "not-a-crs",
+            out,
+            TARGET_TRANSFORM,
+            SOUTH_POLAR,
+            resampling="bilinear",
+            src_nodata=None,
+            warp_options={},
+            warp_memory_mb=64,
+        )
+    assert np.isnan(out).all()  # nothing written
+
+
+def test_an_array_gdal_cannot_view_is_refused() -> None:
+    out = np.full((1, 8, 8), np.nan, dtype=np.float32)
+    with pytest.raises(ValueError, match="float32 C-contiguous"):
+        warp_into(
+            _source(1)[:, :, ::2],
+            SOURCE_TRANSFORM,
+            LONGLAT,
+            out,
+            TARGET_TRANSFORM,
+            SOUTH_POLAR,
+            resampling="bilinear",
+            src_nodata=None,
+            warp_options={},
+            warp_memory_mb=64,
+        )
