@@ -264,14 +264,18 @@ def _check_complete(src: Any, path: Path) -> None:
     """Refuse a data file shorter than its label declares.
 
     GDAL opens such a product and fails only when the missing lines are read, deep in a
-    lazy computation; reading the last line now moves the failure here.
+    lazy computation; reading the last pixel of the last band now moves the failure here.
+    That pixel is the image's last bytes in every raw layout (band, line or pixel
+    interleaved) and lies in the last block of a tiled file: one block read, not a row of
+    them (a row of a tiled file's blocks is most of an open's cost).
     """
     try:
-        src.read(1, window=Window(0, src.height - 1, src.width, 1))
+        src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
     except rasterio.errors.RasterioIOError:
         raise ProductRejected(
-            f"{path.name}: the last line of the {src.height} × {src.width} image cannot be read "
-            "(rule: the data file holds every line its label declares)"
+            f"{path.name}: the last line of band {src.count} of the {src.height} × "
+            f"{src.width} image cannot be read (rule: the data file holds every line its "
+            "label declares)"
         ) from None
 
 

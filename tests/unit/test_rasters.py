@@ -124,6 +124,29 @@ def test_a_file_changed_after_it_was_opened_is_refused_not_read(tmp_path: Path) 
         dem.compute(scheduler="synchronous")
 
 
+def test_a_band_interleaved_file_short_of_its_last_band_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bsq.tif"
+    # Band-sequential strips: band 1 whole, then band 2, the file's last bytes (no metadata
+    # set after the data, which would move the TIFF directory after it).
+    profile = {"width": 70, "height": 64, "count": 2, "dtype": "int16", "blockysize": 8}
+    with rasterio.open(
+        path, "w", driver="GTiff", crs="IAU_2015:30100", transform=from_origin(10, 5, 0.01, 0.01),
+        tiled=False, interleave="band", **profile,
+    ) as dst:  # fmt: skip
+        dst.write(_dn(2, 64, 70))
+    with rasterio.open(path) as src:
+        last_strip = int(src.get_tag_item("BLOCK_OFFSET_0_7", "TIFF", bidx=2))
+        band1_end = int(src.get_tag_item("BLOCK_OFFSET_0_7", "TIFF", bidx=1)) + int(
+            src.get_tag_item("BLOCK_SIZE_0_7", "TIFF", bidx=1)
+        )
+    assert band1_end <= last_strip < path.stat().st_size
+    path.write_bytes(path.read_bytes()[: last_strip + 100])  # band 2's last strip cut short
+    with rasterio.open(path) as src:
+        assert src.read(1).shape == (64, 70)  # band 1 still reads whole
+    with pytest.raises(ProductRejected, match=r"bsq\.tif: the last line of band 2 .*64 × 70"):
+        open_map(path)
+
+
 def test_a_rotated_grid_is_refused_naming_the_rule(tmp_path: Path) -> None:
     path = tmp_path / "rotated.tif"
     rotated = rasterio.Affine(0.01, 0.001, 10.0, 0.0, -0.01, 5.0)
