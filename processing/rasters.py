@@ -21,6 +21,7 @@ import contextlib
 import functools
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,15 @@ from rasterio.windows import Window  # type: ignore[import-untyped]
 from lunarchive.processing.crs import assert_lunar, crs_of_wkt
 from lunarchive.schemas.errors import ProductRejected
 
-__all__ = ["READ_CHUNK", "STRIP_READ_CHUNK", "Raster", "lazy_values", "open_raster", "to_dataarray"]
+__all__ = [
+    "READ_CHUNK",
+    "STRIP_READ_CHUNK",
+    "Raster",
+    "file_reader",
+    "lazy_values",
+    "open_raster",
+    "to_dataarray",
+]
 
 # dask's functions carry no annotations, which mypy --strict refuses to call: typed as Any.
 da: Any = dask.array
@@ -161,6 +170,7 @@ def lazy_values(raster: Raster, *, bands: Sequence[int] | None = None) -> Any:
         _Reader.VERSION,
     )
     meta = np.empty((0,) * len(shape), dtype=np.float32)
+    _readers[name] = reader
     return da.from_array(
         reader,
         chunks=chunks,
@@ -171,6 +181,14 @@ def lazy_values(raster: Raster, *, bands: Sequence[int] | None = None) -> Any:
         meta=meta,
         inline_array=True,
     )
+
+
+def file_reader(values: Any) -> _Reader | None:
+    """The reader behind ``values`` when they are exactly what :func:`lazy_values` made
+    (a dask array no operation has changed since; any operation renames it): a warp can
+    then read each window it needs straight from the file, as one read, instead of taking
+    the chunks that hold it."""
+    return _readers.get(str(getattr(values, "name", "")))
 
 
 def to_dataarray(values: Any, raster: Raster, *, name: str | None = None) -> xr.DataArray:
@@ -228,6 +246,12 @@ class _Reader:
         plane = (raster.height, raster.width)
         self.shape: tuple[int, ...] = plane if indexes is None else (len(indexes), *plane)
         self.dtype = np.dtype(np.float32)
+
+    def window(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        """Rows ``rows[0]:rows[1]``, columns ``cols[0]:cols[1]``: ``(y, x)``, or
+        ``(band, y, x)`` with every band of the reader."""
+        plane = (slice(*rows), slice(*cols))
+        return self[plane if self.indexes is None else (slice(None), *plane)]
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         *band_key, rows, cols = key
@@ -301,6 +325,11 @@ def _grid_mapping_attrs(wkt: str) -> dict[str, Any]:
     attrs = dict(template.coords["spatial_ref"].attrs)
     attrs.pop("GeoTransform", None)
     return attrs
+
+
+_readers: weakref.WeakValueDictionary[str, _Reader] = weakref.WeakValueDictionary()
+"""The reader of each array :func:`lazy_values` made, by the array's dask name, while the
+array lives (its graph holds the reader)."""
 
 
 # --- the per-process pool of dataset handles ---------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -17,6 +18,7 @@ import dask.array as da
 import numpy as np
 import pyproj
 import pytest
+import rasterio  # type: ignore[import-untyped]
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
@@ -24,6 +26,7 @@ from odc.geo.geobox import GeoBox
 from lunarchive.processing import warp
 from lunarchive.processing.crs import MOON_RADIUS_M
 from lunarchive.processing.pyramid import _write_chunks
+from lunarchive.processing.readers import open_dem
 from lunarchive.processing.tiles import split_at_antimeridian
 from lunarchive.processing.warp import mosaic_lazy
 
@@ -113,6 +116,55 @@ def test_each_source_chunk_is_read_once_however_many_output_chunks_need_it() -> 
     assert len(reads) == 16
     assert sum(reads) == 400 * 400
     assert np.isfinite(values).all()
+
+
+def _geotiff_tiles(folder: Path, *, tiles: int, px: int, step: float) -> list[Path]:
+    """``tiles`` × ``tiles`` adjacent GeoTIFFs of ``smooth`` (float32, NaN holes) centred on
+    (0°, 0°), 256-pixel blocks."""
+    paths = []
+    west0 = north0 = tiles * px * step / 2.0
+    for r in range(tiles):
+        for c in range(tiles):
+            west, north = -west0 + c * px * step, north0 - r * px * step
+            lons = west + step * (np.arange(px) + 0.5)
+            lats = north - step * (np.arange(px) + 0.5)
+            values = smooth(lons[None, :], lats[:, None]).astype(np.float32)
+            values[10:14, 20:40] = np.nan
+            path = folder / f"t{r}{c}.tif"
+            profile = {"width": px, "height": px, "count": 1, "dtype": "float32"}
+            with rasterio.open(
+                path, "w", driver="GTiff", crs="IAU_2015:30100", tiled=True, blockxsize=256,
+                blockysize=256, transform=Affine(step, 0, west, 0, -step, north), **profile,
+            ) as dst:  # fmt: skip
+                dst.write(values, 1)
+            paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("crs", ["IAU_2015:30110", "IAU_2015:30130"])
+def test_products_as_opened_are_read_window_by_window_with_the_values_of_chunks(
+    tmp_path: Path, crs: str
+) -> None:
+    sources = [open_dem(p) for p in _geotiff_tiles(tmp_path, tiles=2, px=600, step=0.01)]
+    if crs == "IAU_2015:30110":
+        geobox = grid(crs, centre=(0.0, 0.0), pixel_m=0.013 * DEGREE_M, size=500)
+    else:  # the equator seen from the north pole (twice the scale): a PROJ warp
+        equator = -2.0 * MOON_RADIUS_M
+        geobox = grid(crs, centre=(0.0, equator), pixel_m=0.026 * DEGREE_M, size=300)
+    direct = mosaic_lazy(sources, geobox, resampling="bilinear", chunk_px=128)
+    # The same sources after an operation (a new dask array): warped from their chunks.
+    chunked = mosaic_lazy([s + 0.0 for s in sources], geobox, resampling="bilinear", chunk_px=128)
+
+    layers = {str(key[0] if isinstance(key, tuple) else key).split("-")[0]
+              for key in dict(direct.data.__dask_graph__())}  # fmt: skip
+    assert layers == {"warp"}  # no read or cut tasks: each task reads its windows
+    assert {"read", "cut"} & {
+        str(key[0] if isinstance(key, tuple) else key).split("-")[0]
+        for key in dict(chunked.data.__dask_graph__())
+    }
+    values = direct.values
+    assert 0.5 < np.isfinite(values).mean() < 1.0  # the tiles' data and their holes
+    np.testing.assert_array_equal(values, chunked.values)
 
 
 def test_an_equirectangular_source_on_an_equirectangular_grid_warps_as_an_affine_map() -> None:
