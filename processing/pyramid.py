@@ -57,13 +57,22 @@ ZSTD_LEVEL: Final = 3
 CHUNK_BUDGET_BYTES: Final = 16 * 1024**2  # one chunk, all bands: a pixel's spectrum in one read
 SHARD_BUDGET_BYTES: Final = 64 * 1024**2  # one shard: one object, and one dask write task
 OVERVIEW_MIN_PX: Final = 256  # no overview level smaller than this on its longer side
-WRITE_PIPELINE: Final = {"codec_pipeline.path": "zarr.core.codec_pipeline.FusedCodecPipeline"}
+WRITE_PIPELINE: Final = {
+    "codec_pipeline.path": "zarr.core.codec_pipeline.FusedCodecPipeline",
+    "codec_pipeline.max_workers": 1,
+}
 """zarr's opt-in synchronous codec pipeline for tile writes: a task encodes and stores its
 chunks in one call instead of one coroutine per chunk on zarr's event loop thread, which two
 Dask threads and the loop contend for (the benchmark's build: 4.7 -> 4.1 s on two threads,
-measured). The zarr config is per process: Dask worker processes get it as the environment
-variable :data:`WRITE_PIPELINE_ENV`."""
-WRITE_PIPELINE_ENV: Final = {"ZARR_CODEC_PIPELINE__PATH": WRITE_PIPELINE["codec_pipeline.path"]}
+measured). One encoding thread per write (``max_workers``): Dask's threads are the
+parallelism, and zarr's default, a pool of as many threads as CPUs behind each Dask thread,
+would put CPUs × threads on the CPUs (no faster on the benchmark's two threads, measured).
+The zarr config is per process: Dask worker processes get it as the environment variables
+:data:`WRITE_PIPELINE_ENV`."""
+WRITE_PIPELINE_ENV: Final = {
+    "ZARR_CODEC_PIPELINE__PATH": str(WRITE_PIPELINE["codec_pipeline.path"]),
+    "ZARR_CODEC_PIPELINE__MAX_WORKERS": str(WRITE_PIPELINE["codec_pipeline.max_workers"]),
+}
 MULTISCALES_CONVENTION: Final = {
     "name": "multiscales",
     "uuid": "d35379db-88df-4056-af3a-620245f8e347",
