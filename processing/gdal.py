@@ -24,9 +24,24 @@ import numpy as np
 import rasterio  # type: ignore[import-untyped]  # its wheel's libgdal is the one called
 from affine import Affine
 
-__all__ = ["GdalError", "libgdal", "warp_into"]
+__all__ = ["DATA_TYPES", "Dataset", "GdalError", "libgdal", "warp_into"]
 
 _GDT_FLOAT32: Final = 6
+DATA_TYPES: Final = {
+    np.dtype(np.uint8): 1,
+    np.dtype(np.uint16): 2,
+    np.dtype(np.int16): 3,
+    np.dtype(np.uint32): 4,
+    np.dtype(np.int32): 5,
+    np.dtype(np.float32): 6,
+    np.dtype(np.float64): 7,
+    np.dtype(np.uint64): 12,
+    np.dtype(np.int64): 13,
+    np.dtype(np.int8): 14,
+}
+"""GDAL's data type code of each numpy type a read can fill."""
+_OF_RASTER_VERBOSE_ERROR: Final = 0x02 | 0x40  # GDAL_OF_RASTER | GDAL_OF_VERBOSE_ERROR
+_GF_READ: Final = 0
 _register_lock = threading.Lock()
 
 
@@ -54,6 +69,13 @@ def libgdal() -> Any:
         "GDALWarpAppOptionsNew": (pointer, [pointer, pointer]),
         "GDALWarpAppOptionsFree": (None, [pointer]),
         "GDALWarp": (pointer, [text, pointer, integer, pointer, pointer, pointer]),
+        "GDALOpenEx": (pointer, [text, ctypes.c_uint, pointer, pointer, pointer]),
+        # dataset, GF_Read, x, y, width, height, buffer, buffer width and height, buffer
+        # type, band count, band numbers, pixel, line and band spacing
+        "GDALDatasetRasterIO": (
+            integer,
+            [pointer, *[integer] * 5, pointer, *[integer] * 4, pointer, *[integer] * 3],
+        ),
         "CPLErrorReset": (None, []),
         "CPLGetLastErrorMsg": (text, []),
     }
@@ -168,3 +190,41 @@ def warp_into(
             dst.close()
     finally:
         src.close()
+
+
+class Dataset:
+    """A file opened read-only by GDAL, for reads of windows without the GIL. Opening does
+    not build the file's CRS (GDAL builds it when asked): 0.04 ms against rasterio's 5 ms for
+    a lunar GeoTIFF, whose CRS GDAL looks up in PROJ's database holding the GIL (measured).
+    For one thread at a time: a GDAL dataset is not safe for concurrent use."""
+
+    def __init__(self, path: str) -> None:
+        lib = libgdal()
+        lib.CPLErrorReset()
+        self.path = path
+        self.handle = lib.GDALOpenEx(os.fsencode(path), _OF_RASTER_VERBOSE_ERROR, None, None, None)
+        if not self.handle:
+            raise GdalError(_last_error("GDALOpenEx", f" ({path})"))
+
+    def read_into(self, out: np.ndarray, bands: Sequence[int], row: int, col: int) -> None:
+        """Bands ``bands`` (1-based) of the window whose first pixel is (``row``, ``col``)
+        and whose size is ``out``'s ((band, y, x), C-contiguous), into ``out``, converted to
+        its type as GDAL converts."""
+        count, rows, cols = out.shape
+        if count != len(bands) or not out.flags.c_contiguous or out.dtype not in DATA_TYPES:
+            raise ValueError("a C-contiguous (band, y, x) array of a GDAL data type is needed")
+        lib = libgdal()
+        item = out.dtype.itemsize
+        lib.CPLErrorReset()
+        failed = lib.GDALDatasetRasterIO(
+            self.handle, _GF_READ, col, row, cols, rows, out.ctypes.data, cols, rows,
+            DATA_TYPES[out.dtype], count, (ctypes.c_int * count)(*bands),
+            item, item * cols, item * cols * rows,
+        )  # fmt: skip
+        if failed:
+            raise GdalError(_last_error("GDALDatasetRasterIO", f" ({self.path})"))
+
+    def close(self) -> None:
+        if self.handle:
+            libgdal().GDALClose(self.handle)
+            self.handle = None

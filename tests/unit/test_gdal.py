@@ -1,16 +1,21 @@
-"""GDAL's warper through its C API (``processing.gdal``) gives rasterio's ``reproject`` values."""
+"""GDAL through its C API (``processing.gdal``): the warper gives rasterio's ``reproject``
+values, and reads give rasterio's ``read`` values."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio  # type: ignore[import-untyped]
 from affine import Affine
 from rasterio.enums import Resampling  # type: ignore[import-untyped]
+from rasterio.transform import from_origin  # type: ignore[import-untyped]
 from rasterio.warp import reproject  # type: ignore[import-untyped]
+from rasterio.windows import Window  # type: ignore[import-untyped]
 
-from lunarchive.processing.gdal import GdalError, warp_into
+from lunarchive.processing.gdal import Dataset, GdalError, warp_into
 
 LONGLAT = "+proj=longlat +R=1737400 +no_defs"
 SOUTH_POLAR = "+proj=stere +lat_0=-90 +lon_0=0 +k=1 +x_0=0 +y_0=0 +R=1737400 +units=m +no_defs"
@@ -132,3 +137,35 @@ def test_an_array_gdal_cannot_view_is_refused() -> None:
             warp_options={},
             warp_memory_mb=64,
         )
+
+
+def test_a_window_read_gives_rasterios_values_in_the_stored_type_or_converted(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "two.tif"
+    dn = np.random.default_rng(3).integers(-3000, 3000, size=(2, 90, 110), dtype=np.int16)
+    profile = {"width": 110, "height": 90, "count": 2, "dtype": "int16", "tiled": True}
+    with rasterio.open(
+        path, "w", driver="GTiff", crs="IAU_2015:30100", transform=from_origin(10, 5, 0.01, 0.01),
+        blockxsize=32, blockysize=32, **profile,
+    ) as dst:  # fmt: skip
+        dst.write(dn)
+    with rasterio.open(path) as src:
+        expected = src.read([2, 1], window=Window(7, 5, 60, 40))
+    dataset = Dataset(str(path))
+    try:
+        stored = np.empty((2, 40, 60), dtype=np.int16)
+        dataset.read_into(stored, [2, 1], 5, 7)
+        converted = np.empty((2, 40, 60), dtype=np.float32)
+        dataset.read_into(converted, [2, 1], 5, 7)
+        with pytest.raises(GdalError, match=r"two\.tif"):  # past the edge
+            dataset.read_into(np.empty((1, 40, 60), dtype=np.int16), [1], 80, 7)
+    finally:
+        dataset.close()
+    np.testing.assert_array_equal(stored, expected)
+    np.testing.assert_array_equal(converted, expected.astype(np.float32))
+
+
+def test_a_file_gdal_cannot_open_is_named() -> None:
+    with pytest.raises(GdalError, match=r"GDALOpenEx failed \(/nowhere/missing\.tif\)"):
+        Dataset("/nowhere/missing.tif")

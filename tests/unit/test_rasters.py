@@ -183,6 +183,6 @@ def test_handles_on_deleted_files_are_closed_at_the_next_open(tmp_path: Path) ->
     open_dem(staged).compute(scheduler="synchronous")
     assert any(path == str(staged) for path, _ in rasters._pool)  # kept for later reads
     staged.unlink()  # the staging folder of a built tile goes
-    open_dem(other)
+    open_dem(other).compute(scheduler="synchronous")
     assert not any(path == str(staged) for path, _ in rasters._pool)
     assert any(path == str(other) for path, _ in rasters._pool)
