@@ -51,7 +51,7 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
             "processes": True,
             "dashboard_address": None,
             "env": {
-                # a small GDAL block cache: Dask holds the decoded chunks (GDAL_CACHE_MIB)
+                # a bounded GDAL block cache for the warp tasks' reads (GDAL_CACHE_MIB)
                 "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MIB)),
                 # zarr's synchronous codec pipeline for tile writes (pyramid.WRITE_PIPELINE)
                 **WRITE_PIPELINE_ENV,
