@@ -1,19 +1,19 @@
 """Lazy reads of GDAL rasters as physical values: one open per file, one task per chunk.
 
-A product is opened once with rasterio: its georeferencing, scale, offset and nodata are read
-and checked there (a lunar CRS, every line its label declares). Its values become a dask
-array whose every chunk is one task that reads its window and turns it into float32 physical
-values in place (nodata to NaN, times scale, plus offset): no extra layer of tasks, and no
-extra copy of a chunk, per arithmetic step. A warp reads the windows it needs through the
-same reader (:func:`file_reader`), without chunk tasks.
+A product is opened once through GDAL's C API (``processing.gdal``): its georeferencing,
+scale, offset and nodata are read and checked there (a lunar CRS, every line its label
+declares). Its values become a dask array whose every chunk is one task that reads its
+window and turns it into float32 physical values in place (nodata to NaN, times scale, plus
+offset): no extra layer of tasks, and no extra copy of a chunk, per arithmetic step. A warp
+reads the windows it needs through the same reader (:func:`file_reader`), without chunk
+tasks.
 
-Reads go through GDAL's C API (``processing.gdal``) on handles pooled per process: a read
-takes an idle handle on its file or opens one, and gives it back. Such an open does not build
-the file's CRS (0.04 ms; rasterio's open builds it, 5 ms for a lunar GeoTIFF, holding the
-GIL), and the read runs without the GIL. A file that changed since it was inspected (another
-inode, size or modification time) is refused, never read as if it were the same product;
-idle handles on files deleted or replaced since (a staging folder removed) are closed before
-the next open.
+Reads go through the same API on handles pooled per process: a read takes an idle handle on
+its file or opens one, and gives it back. Such an open does not build the file's CRS (0.04
+ms; rasterio's open builds it, 5 ms for a lunar GeoTIFF, holding the GIL), and the read runs
+without the GIL. A file that changed since it was inspected (another inode, size or
+modification time) is refused, never read as if it were the same product; idle handles on
+files deleted or replaced since (a staging folder removed) are closed before the next open.
 """
 
 from __future__ import annotations
@@ -34,14 +34,12 @@ import dask.base
 import numpy as np
 import pyproj
 import pyproj.exceptions
-import rasterio  # type: ignore[import-untyped]
 import rioxarray  # noqa: F401  (the .rio accessor)
 import xarray as xr
 from affine import Affine
-from rasterio.windows import Window  # type: ignore[import-untyped]
 
 from lunarchive.processing.crs import assert_lunar, crs_of_wkt
-from lunarchive.processing.gdal import DATA_TYPES, Dataset
+from lunarchive.processing.gdal import DATA_TYPES, Dataset, GdalError
 from lunarchive.schemas.errors import ProductRejected
 
 __all__ = [
@@ -95,50 +93,59 @@ class Raster:
 def open_raster(path: Path) -> Raster:
     """Open ``path`` (what GDAL opens: a label, a cube, a GeoTIFF) once and check it: a lunar
     CRS, a north-up grid, every line present. Raises :class:`ProductRejected` naming the file
-    and the rule."""
+    and the rule. The handle is kept for the reads."""
     stamp = _stamp(path)
     _sweep()
     try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as exc:
+        dataset = Dataset(str(path))
+    except GdalError as exc:
         raise ProductRejected(
             f"{path.name}: GDAL cannot open it ({exc}) (rule: a product is a GDAL-readable "
             "raster, opened through its label when the data is detached)"
         ) from None
     try:
-        crs_wkt = src.crs.to_wkt() if src.crs is not None else None
-        try:
-            parsed: pyproj.CRS | str | None = crs_of_wkt(crs_wkt) if crs_wkt else None
-        except pyproj.exceptions.CRSError:
-            parsed = crs_wkt  # assert_lunar names what is wrong with it
-        crs = assert_lunar(parsed, where=path.name)
-        transform = src.transform
-        if transform.b or transform.d:
-            raise ProductRejected(
-                f"{path.name}: geotransform {tuple(transform)[:6]} is rotated "
-                "(rule: a product's grid is north-up)"
-            )
-        _check_complete(src, path)
-        raster = Raster(
-            path=str(path),
-            stamp=stamp,
-            height=src.height,
-            width=src.width,
-            count=src.count,
-            dtype=src.dtypes[0],
-            block=tuple(src.block_shapes[0]),
-            transform=transform,
-            crs=crs,
-            crs_wkt=crs_wkt or "",
-            scales=tuple(float(s) for s in src.scales),
-            offsets=tuple(float(o) for o in src.offsets),
-            nodata=None if src.nodata is None else float(src.nodata),
-            tags=dict(src.tags()),
-            band_tags=tuple(dict(src.tags(i)) for i in range(1, src.count + 1)),
-        )
-    finally:
-        src.close()
+        raster = _inspect(dataset, path, stamp)
+    except BaseException:
+        dataset.close()
+        raise
+    _give_back((str(path), stamp), dataset)
     return raster
+
+
+def _inspect(dataset: Dataset, path: Path, stamp: tuple[int, int, int]) -> Raster:
+    crs_wkt = dataset.crs_wkt() or None
+    try:
+        parsed: pyproj.CRS | str | None = crs_of_wkt(crs_wkt) if crs_wkt else None
+    except pyproj.exceptions.CRSError:
+        parsed = crs_wkt  # assert_lunar names what is wrong with it
+    crs = assert_lunar(parsed, where=path.name)
+    geotransform = dataset.geotransform()
+    transform = Affine.from_gdal(*(geotransform or (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)))
+    if transform.b or transform.d:
+        raise ProductRejected(
+            f"{path.name}: geotransform {tuple(transform)[:6]} is rotated "
+            "(rule: a product's grid is north-up)"
+        )
+    count, height, width = dataset.shape
+    _check_complete(dataset, path)
+    bands = [dataset.scale_offset_nodata(band) for band in range(1, count + 1)]
+    return Raster(
+        path=str(path),
+        stamp=stamp,
+        height=height,
+        width=width,
+        count=count,
+        dtype=dataset.dtype(1),
+        block=dataset.block(1),
+        transform=transform,
+        crs=crs,
+        crs_wkt=crs_wkt or "",
+        scales=tuple(scale for scale, _, _ in bands),
+        offsets=tuple(offset for _, offset, _ in bands),
+        nodata=bands[0][2],
+        tags=dataset.tags(),
+        band_tags=tuple(dataset.tags(band) for band in range(1, count + 1)),
+    )
 
 
 def lazy_values(raster: Raster, *, bands: Sequence[int] | None = None) -> Any:
@@ -287,7 +294,7 @@ class _Reader:
         return result
 
 
-def _check_complete(src: Any, path: Path) -> None:
+def _check_complete(dataset: Dataset, path: Path) -> None:
     """Refuse a data file shorter than its label declares.
 
     GDAL opens such a product and fails only when the missing lines are read, deep in a
@@ -296,13 +303,13 @@ def _check_complete(src: Any, path: Path) -> None:
     interleaved) and lies in the last block of a tiled file: one block read, not a row of
     them (a row of a tiled file's blocks is most of an open's cost).
     """
+    count, height, width = dataset.shape
     try:
-        src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
-    except rasterio.errors.RasterioIOError:
+        dataset.read_into(np.empty((1, 1, 1), dtype=np.float64), [count], height - 1, width - 1)
+    except GdalError:
         raise ProductRejected(
-            f"{path.name}: the last line of band {src.count} of the {src.height} × "
-            f"{src.width} image cannot be read (rule: the data file holds every line its "
-            "label declares)"
+            f"{path.name}: the last line of band {count} of the {height} × {width} image "
+            "cannot be read (rule: the data file holds every line its label declares)"
         ) from None
 
 

@@ -4,8 +4,9 @@ Input (generated, deterministic): float32 GeoTIFF tiles in IAU_2015:30100 sampli
 smooth surface, split between an equatorial set (mosaicked to IAU_2015:30110) and a
 south-polar set, latitudes −90..−80° (mosaicked to IAU_2015:30135).
 
-* lunarchive: ``open_dem`` on each tile, ``mosaic_onto`` (one GDAL warp per 512 × 512 chunk,
-  on Dask threads), ``write_tile`` without overviews.
+* lunarchive: ``open_map`` on each tile (as the process flow opens a tile's inputs),
+  ``mosaic_onto`` (one GDAL warp per 1024 × 1024 block, on Dask threads), ``write_tile``
+  without overviews.
 * GDAL (the libgdal bundled in rasterio's wheel, called in-process through its C API):
   ``GDALBuildVRT`` → ``GDALWarp -of VRT -multi -wo NUM_THREADS=ALL_CPUS`` →
   ``GDALTranslate -of Zarr`` (FORMAT=ZARR_V3).
@@ -159,13 +160,13 @@ def run_lunarchive(job: Job, out: Path, workers: int) -> None:
 
     from lunarchive.processing.cube import build_cube
     from lunarchive.processing.pyramid import write_tile
-    from lunarchive.processing.readers import open_dem
+    from lunarchive.processing.readers import open_map
     from lunarchive.processing.tiles import Layer, mosaic_onto
 
     left, bottom, right, top = job.bounds
     shape = (round((top - bottom) / job.resolution), round((right - left) / job.resolution))
     geobox = GeoBox(shape, Affine(job.resolution, 0, left, 0, -job.resolution, top), job.crs)
-    layers = [Layer(open_dem(Path(p)), Path(p).stem) for p in job.inputs]
+    layers = [Layer(open_map(Path(p)), Path(p).stem) for p in job.inputs]
     cube = build_cube(mosaic_onto(layers, geobox, resampling="bilinear"), name="height")
     write_tile(cube, zarr.storage.LocalStore(out), overviews=False)  # on the current client
 
