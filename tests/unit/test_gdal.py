@@ -101,42 +101,35 @@ def test_warps_on_threads_at_once_give_each_its_own_result() -> None:
         np.testing.assert_array_equal(results[i], _by_rasterio(sources[i], "bilinear", np.nan))
 
 
+def _bilinear(source: np.ndarray, source_crs: str, out: np.ndarray) -> None:
+    warp_into(
+        source,
+        SOURCE_TRANSFORM,
+        source_crs,
+        out,
+        TARGET_TRANSFORM,
+        SOUTH_POLAR,
+        resampling="bilinear",
+        src_nodata=None,
+        warp_options={},
+        warp_memory_mb=64,
+    )
+
+
 def test_a_crs_gdal_cannot_read_fails_with_gdals_message() -> None:
     out = np.full((1, 8, 8), np.nan, dtype=np.float32)
     with pytest.raises(
         GdalError,
         match=r"GDALWarpAppOptionsNew failed \(warp from .not-a-crs. to .*\): Invalid SRS",
     ):
-        warp_into(
-            _source(1),
-            SOURCE_TRANSFORM,
-            "not-a-crs",
-            out,
-            TARGET_TRANSFORM,
-            SOUTH_POLAR,
-            resampling="bilinear",
-            src_nodata=None,
-            warp_options={},
-            warp_memory_mb=64,
-        )
+        _bilinear(_source(1), "not-a-crs", out)
     assert np.isnan(out).all()  # nothing written
 
 
 def test_an_array_gdal_cannot_view_is_refused() -> None:
     out = np.full((1, 8, 8), np.nan, dtype=np.float32)
     with pytest.raises(ValueError, match="float32 C-contiguous"):
-        warp_into(
-            _source(1)[:, :, ::2],
-            SOURCE_TRANSFORM,
-            LONGLAT,
-            out,
-            TARGET_TRANSFORM,
-            SOUTH_POLAR,
-            resampling="bilinear",
-            src_nodata=None,
-            warp_options={},
-            warp_memory_mb=64,
-        )
+        _bilinear(_source(1)[:, :, ::2], LONGLAT, out)
 
 
 def test_a_window_read_gives_rasterios_values_in_the_stored_type_or_converted(
