@@ -41,6 +41,8 @@ DATA_TYPES: Final[dict[np.dtype[Any], int]] = {
     np.dtype(np.int8): 14,
 }
 """GDAL's data type code of each numpy type a read can fill."""
+_OTHER_TYPES: Final = {10: "complex64", 11: "complex128", 15: "float16"}
+"""GDAL types numpy has names for but a read does not fill (by code)."""
 _OF_RASTER_VERBOSE_ERROR: Final = 0x02 | 0x40  # GDAL_OF_RASTER | GDAL_OF_VERBOSE_ERROR
 _GF_READ: Final = 0
 _register_lock = threading.Lock()
@@ -229,9 +231,10 @@ class Dataset:
         return lib.GDALGetRasterCount(h), lib.GDALGetRasterYSize(h), lib.GDALGetRasterXSize(h)
 
     def dtype(self, band: int) -> str:
-        """The band's type: numpy's name, else GDAL's (``CInt16`` …)."""
+        """The band's type: numpy's name (``int16``, ``float16``, ``complex64`` …), else
+        GDAL's (``CInt16`` has none)."""
         code = libgdal().GDALGetRasterDataType(self._band(band))
-        known = {value: dtype.name for dtype, value in DATA_TYPES.items()}
+        known = {value: dtype.name for dtype, value in DATA_TYPES.items()} | _OTHER_TYPES
         return known.get(code) or str(libgdal().GDALGetDataTypeName(code).decode())
 
     def block(self, band: int) -> tuple[int, int]:

@@ -66,6 +66,8 @@ STRIP_READ_CHUNK: Final = "8MiB"
 """The same for a file stored in whole rows (PDS and ISIS products, line-interleaved): a chunk
 is then a band of whole rows, which a smaller budget would make only a few rows tall on a
 global map (a warp window then touches hundreds of chunks)."""
+_REAL_TYPES: Final = frozenset(dtype.name for dtype in DATA_TYPES) | {"float16"}
+"""Stored types a product may have (float16 is read as float32)."""
 _POOL_FILES: Final = 64  # files whose idle handles a process keeps (least recently used go)
 
 
@@ -127,6 +129,12 @@ def _inspect(dataset: Dataset, path: Path, stamp: tuple[int, int, int]) -> Raste
             "(rule: a product's grid is north-up)"
         )
     count, height, width = dataset.shape
+    dtype = dataset.dtype(1)
+    if dtype not in _REAL_TYPES:
+        raise ProductRejected(
+            f"{path.name}: band 1 stores {dtype} values (rule: a product's values are real "
+            "numbers: integers or floating point)"
+        )
     _check_complete(dataset, path)
     bands = [dataset.scale_offset_nodata(band) for band in range(1, count + 1)]
     return Raster(
@@ -135,7 +143,7 @@ def _inspect(dataset: Dataset, path: Path, stamp: tuple[int, int, int]) -> Raste
         height=height,
         width=width,
         count=count,
-        dtype=dataset.dtype(1),
+        dtype=dtype,
         block=dataset.block(1),
         transform=transform,
         crs=crs,

@@ -186,3 +186,11 @@ def test_handles_on_deleted_files_are_closed_at_the_next_open(tmp_path: Path) ->
     open_dem(other).compute(scheduler="synchronous")
     assert not any(path == str(staged) for path, _ in rasters._pool)
     assert any(path == str(other) for path, _ in rasters._pool)
+
+
+def test_a_complex_valued_product_is_refused_naming_its_type(tmp_path: Path) -> None:
+    path = tmp_path / "sar.tif"
+    values = (_dn(1) + 1j * _dn(1)).astype(np.complex64)
+    _write(path, values)
+    with pytest.raises(ProductRejected, match=r"sar\.tif: band 1 stores complex64 .*real"):
+        open_map(path)
