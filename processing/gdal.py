@@ -1,4 +1,5 @@
-"""GDAL's warper called through its C API, so that the whole call runs without the GIL.
+"""GDAL's C API through ctypes: the warper, and files opened, inspected and read, each call
+without the GIL.
 
 rasterio's ``reproject`` runs GDAL's resampling without the GIL, but builds its in-memory
 datasets, CRSs, transformer and warper holding it: 2 ms a call on an affine warp, 8 to 15 ms
@@ -6,7 +7,8 @@ on a polar one (PROJ builds the pipeline), measured. With many warps a second Da
 then waits on the first. Here the same libgdal (the one in rasterio's wheel, already loaded)
 is called with ctypes, which releases the GIL for each foreign call: the in-memory datasets
 are views of the caller's numpy arrays (no copy), and the warp is ``GDALWarp``, gdalwarp's
-own library entry point, with gdalwarp's options.
+own library entry point, with gdalwarp's options. :class:`Dataset` opens a file the same way
+(without building its CRS until asked) and reads windows into the caller's arrays.
 """
 
 from __future__ import annotations
@@ -255,6 +257,7 @@ class Dataset:
         return wkt.decode() if wkt else ""
 
     def scale_offset_nodata(self, band: int) -> tuple[float, float, float | None]:
+        """The band's scale (1 when unset), offset (0 when unset) and nodata (or None)."""
         lib, handle = libgdal(), self._band(band)
         found = ctypes.c_int(0)
         scale = lib.GDALGetRasterScale(handle, ctypes.byref(found))
