@@ -153,7 +153,9 @@ def generate(folder: Path, size_mb: float) -> tuple[list[Job], int]:
 # --- the two builders (each runs in its own process) ---------------------------------------
 
 
-def run_lunarchive(job: Job, out: Path, workers: int) -> None:
+def run_lunarchive(job: Job, out: Path, workers: int) -> dict[str, float]:
+    """Build ``job``; return the seconds of each phase: opening the inputs and planning run
+    on one thread whatever ``workers`` is, building (warp, encode, write) on all of them."""
     import zarr.storage
     from affine import Affine
     from odc.geo.geobox import GeoBox
@@ -166,9 +168,14 @@ def run_lunarchive(job: Job, out: Path, workers: int) -> None:
     left, bottom, right, top = job.bounds
     shape = (round((top - bottom) / job.resolution), round((right - left) / job.resolution))
     geobox = GeoBox(shape, Affine(job.resolution, 0, left, 0, -job.resolution, top), job.crs)
+    start = time.perf_counter()
     layers = [Layer(open_map(Path(p)), Path(p).stem) for p in job.inputs]
+    opened = time.perf_counter()
     cube = build_cube(mosaic_onto(layers, geobox, resampling="bilinear"), name="height")
+    planned = time.perf_counter()
     write_tile(cube, zarr.storage.LocalStore(out), overviews=False)  # on the current client
+    built = time.perf_counter()
+    return {"open": opened - start, "plan": planned - opened, "build": built - planned}
 
 
 def run_gdal(job: Job, out: Path, workers: int) -> None:
@@ -282,16 +289,17 @@ def child(
         import lunarchive.processing.tiles  # noqa: F401
     monitor = _PeakMemory()
     runner = run_lunarchive if tool == "lunarchive" else run_gdal
-    seconds = {}
+    seconds, phases = {}, {}
     for job in jobs:
         start = time.perf_counter()
-        runner(job, out_dir / f"{job.name}.zarr", cores)
+        phases[job.name] = runner(job, out_dir / f"{job.name}.zarr", cores)
         seconds[job.name] = time.perf_counter() - start
     peak_mib = monitor.stop()
     if client is not None:
         client.close()
     result = {
         "seconds": seconds,
+        "phases": phases,
         "peak_mib": peak_mib,
         "worker_peak_mib": monitor.child_peak_mib,
         "cpu_seconds": monitor.cpu_seconds,
@@ -494,6 +502,8 @@ def _run(root: Path, size_mb: float, cores: int, scheduler: str, repeats: int = 
     for name, results in tries.items():
         walls = ", ".join(f"{sum(r['seconds'].values()):.2f}" for r in results)
         print(f"{name}: wall s of each run {walls}")
+        if name != "gdal":
+            print(f"  phases of its best run, s: {_phases(runs[name])}")
     mib = input_bytes / 1024**2
     print(f"\nload average (1, 5, 15 min) at the end: {' '.join(map(str, os.getloadavg()))}")
     print(
@@ -533,6 +543,14 @@ def _run(root: Path, size_mb: float, cores: int, scheduler: str, repeats: int = 
         print("\nFAILED against the known surface:\n  " + "\n  ".join(failures))
         return 1
     return 0
+
+
+def _phases(run: dict[str, Any]) -> str:
+    """Each job's open / plan / build seconds (the set-up is serial: what limits scaling)."""
+    return "; ".join(
+        f"{job} " + " / ".join(f"{name} {s:.2f}" for name, s in phases.items())
+        for job, phases in run["phases"].items()
+    )
 
 
 def _best(results: list[dict[str, Any]]) -> dict[str, Any]:
