@@ -95,6 +95,8 @@ def libgdal() -> Any:
         "GDALGetRasterOffset": (ctypes.c_double, [pointer, int_out]),
         "GDALGetRasterNoDataValue": (ctypes.c_double, [pointer, int_out]),
         "GDALGetMetadata": (ctypes.POINTER(ctypes.c_char_p), [pointer, text]),
+        "GDALGetDatasetDriver": (pointer, [pointer]),
+        "GDALGetDriverShortName": (text, [pointer]),
         "CPLErrorReset": (None, []),
         "CPLGetLastErrorMsg": (text, []),
     }
@@ -255,6 +257,12 @@ class Dataset:
         call, from PROJ's database for a lunar GeoTIFF (5 ms; the GIL is free meanwhile)."""
         wkt = libgdal().GDALGetProjectionRef(self.handle)
         return wkt.decode() if wkt else ""
+
+    def driver(self) -> str:
+        """The short name of the driver that opened the file (``GTiff``, ``PDS4`` …)."""
+        return str(
+            libgdal().GDALGetDriverShortName(libgdal().GDALGetDatasetDriver(self.handle)).decode()
+        )
 
     def scale_offset_nodata(self, band: int) -> tuple[float, float, float | None]:
         """The band's scale (1 when unset), offset (0 when unset) and nodata (or None)."""

@@ -38,6 +38,7 @@ import rioxarray  # noqa: F401  (the .rio accessor)
 import xarray as xr
 from affine import Affine
 
+from lunarchive.processing._tiff import geokeys
 from lunarchive.processing.crs import assert_lunar, crs_of_wkt
 from lunarchive.processing.gdal import DATA_TYPES, Dataset, GdalError
 from lunarchive.schemas.errors import ProductRejected
@@ -115,7 +116,7 @@ def open_raster(path: Path) -> Raster:
 
 
 def _inspect(dataset: Dataset, path: Path, stamp: tuple[int, int, int]) -> Raster:
-    crs_wkt = dataset.crs_wkt() or None
+    crs_wkt = _crs_wkt(dataset, path) or None
     try:
         parsed: pyproj.CRS | str | None = crs_of_wkt(crs_wkt) if crs_wkt else None
     except pyproj.exceptions.CRSError:
@@ -300,6 +301,38 @@ class _Reader:
             values += offsets
         result: np.ndarray = values
         return result
+
+
+def _crs_wkt(dataset: Dataset, path: Path) -> str:
+    """The file's CRS as GDAL gives it. For a GeoTIFF whose CRS comes from its GeoTIFF keys
+    (no ``.aux.xml`` beside it, which GDAL would read first, and GDAL's default sources of
+    georeferencing), the CRS GDAL built for an earlier file with the same keys
+    (:mod:`lunarchive.processing._tiff`), when there was one: the tiles of a map share one,
+    and GDAL would look it up in PROJ's database again for each, one file at a time."""
+    from_keys = (
+        dataset.driver() == "GTiff"
+        and not _GEOREF_SETTINGS & os.environ.keys()
+        and not Path(f"{path}.aux.xml").exists()
+    )
+    keys = geokeys(path) if from_keys else None
+    if keys is None:
+        return dataset.crs_wkt()
+    with _crs_lock:
+        known = _crs_by_keys.get(keys)
+    if known is None:
+        known = dataset.crs_wkt()
+        with _crs_lock:
+            if len(_crs_by_keys) >= _CRS_KEPT:
+                _crs_by_keys.clear()
+            _crs_by_keys[keys] = known
+    return known
+
+
+_crs_by_keys: dict[bytes, str] = {}
+_crs_lock = threading.Lock()
+_CRS_KEPT: Final = 256  # distinct GeoTIFF keys remembered (then forgotten all at once)
+_GEOREF_SETTINGS: Final = frozenset({"GDAL_GEOREF_SOURCES", "GDAL_PAM_PROXY_DIR"})
+"""GDAL settings that move where a GeoTIFF's CRS comes from: set, every file is asked."""
 
 
 def _check_complete(dataset: Dataset, path: Path) -> None:

@@ -18,6 +18,8 @@ import rasterio  # type: ignore[import-untyped]
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
 from lunarchive.processing import rasters
+from lunarchive.processing._tiff import geokeys
+from lunarchive.processing.gdal import Dataset
 from lunarchive.processing.rasters import (
     READ_CHUNK,
     STRIP_READ_CHUNK,
@@ -194,3 +196,73 @@ def test_a_complex_valued_product_is_refused_naming_its_type(tmp_path: Path) -> 
     _write(path, values)
     with pytest.raises(ProductRejected, match=r"sar\.tif: band 1 stores complex64 .*real"):
         open_map(path)
+
+
+def _gdal_crs(path: Path) -> str:
+    dataset = Dataset(str(path))
+    try:
+        return dataset.crs_wkt()
+    finally:
+        dataset.close()
+
+
+def test_tiles_with_the_same_geotiff_keys_get_gdal_s_crs_built_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rasters, "_crs_by_keys", {})
+    built: list[str] = []
+    crs_wkt = Dataset.crs_wkt
+
+    def counted(self: Dataset) -> str:
+        built.append(self.path)
+        return crs_wkt(self)
+
+    monkeypatch.setattr(Dataset, "crs_wkt", counted)
+    paths = [tmp_path / f"{name}.tif" for name in ("a", "b", "c", "eqc")]
+    for path in paths[:3]:
+        _write(path, _dn(1))
+    _write(paths[3], _dn(1), crs="IAU_2015:30110", transform=from_origin(1e4, 5e3, 100, 100))
+    rasters_ = [open_raster(path) for path in paths]
+    assert built == [str(paths[0]), str(paths[3])]  # one build per distinct CRS
+    monkeypatch.setattr(Dataset, "crs_wkt", crs_wkt)
+    for path, raster in zip(paths, rasters_, strict=True):
+        assert raster.crs_wkt == _gdal_crs(path)  # what GDAL gives for that file
+    assert rasters_[3].crs.is_projected and not rasters_[0].crs.is_projected
+
+
+def test_a_geotiff_whose_aux_xml_gives_another_crs_gets_that_crs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rasters, "_crs_by_keys", {})
+    first, second = tmp_path / "first.tif", tmp_path / "second.tif"
+    _write(first, _dn(1))
+    _write(second, _dn(1))  # the same GeoTIFF keys as first …
+    projected = pyproj.CRS("IAU_2015:30110").to_wkt().replace("&", "&amp;").replace("<", "&lt;")
+    aux = second.with_name(second.name + ".aux.xml")  # … but GDAL reads this CRS first
+    aux.write_text(f"<PAMDataset><SRS>{projected}</SRS></PAMDataset>", encoding="utf-8")
+    assert not open_raster(first).crs.is_projected
+    raster = open_raster(second)
+    assert raster.crs.is_projected and raster.crs_wkt == _gdal_crs(second)
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_geotiff_keys_are_read_from_classic_and_big_tiffs_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    classic, big, other = tmp_path / "c.tif", tmp_path / "b.tif", tmp_path / "o.tif"
+    _write(classic, _dn(1))
+    _write(big, _dn(1), BIGTIFF="YES")
+    _write(other, _dn(1), crs="IAU_2015:30110", transform=from_origin(1e4, 5e3, 100, 100))
+    keys = geokeys(classic)
+    assert keys is not None and keys == geokeys(big)  # the same keys, whatever the layout
+    assert geokeys(other) not in (None, keys)
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(
+        plain, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8"
+    ) as dst:  # no georeferencing: no GeoTIFF keys
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(classic.read_bytes()[:12])
+    label = tmp_path / "label.lbl"
+    label.write_text("PDS_VERSION_ID = PDS3\nEND\n", encoding="ascii")
+    assert [geokeys(p) for p in (plain, truncated, label, tmp_path / "missing.tif")] == [None] * 4
