@@ -114,10 +114,33 @@ def iau_code(crs: CrsLike) -> str | None:
 
     Two CRSs match when their radii, prime meridian, axis units, projection method and
     parameters are equal; names and authority identifiers are ignored, because GDAL reads
-    lunar products as custom WKT (LUNAR-DATA.md §2.3 pitfall 3).
+    lunar products as custom WKT (LUNAR-DATA.md §2.3 pitfall 3). An IAU_2015 Moon code the
+    CRS names is only tried first (one definition compared, not all 18 built and compared).
     """
-    definition = _definition(_as_crs(crs))
+    parsed = _as_crs(crs)
+    definition = _definition(parsed)
+    claimed = _claimed_moon_code(parsed)
+    if claimed is not None and _moon_definition(claimed).matches(definition):
+        return claimed  # no two Moon codes share a definition: the one a search would find
     return next((code for code, moon in _moon_definitions() if moon.matches(definition)), None)
+
+
+def _claimed_moon_code(crs: pyproj.CRS) -> str | None:
+    """The IAU_2015 Moon code the CRS names as its identifier, if it names one."""
+    document = crs.to_json_dict()
+    for ident in [document["id"]] if "id" in document else document.get("ids", []):
+        code = str(ident.get("code"))
+        if (ident.get("authority"), ident.get("version")) == ("IAU", 2015) and re.fullmatch(
+            _MOON_CODES, code
+        ):
+            return f"IAU_2015:{code}"
+    return None
+
+
+@functools.cache
+def _moon_definition(code: str) -> _Definition:
+    """The definition of one IAU_2015 Moon code (all of them: :func:`_moon_definitions`)."""
+    return _definition(pyproj.CRS.from_user_input(code))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import zarr
 import zarr.storage
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
+from lunarchive.processing import crs as crs_module
 from lunarchive.processing.crs import (
     MOON_RADIUS_M,
     assert_lunar,
@@ -170,6 +171,23 @@ def test_iau_code_compares_definitions_not_names() -> None:
     assert iau_code("+proj=eqc +lon_0=30 +R=1737400 +units=m +no_defs") is None
     assert iau_code("+proj=eqc +lon_0=0 +R=3396190 +units=m +no_defs") is None  # Mars
     assert iau_code("EPSG:4326") is None
+
+
+def test_iau_code_trusts_a_claimed_identifier_only_when_the_definition_agrees() -> None:
+    def claiming(code: int, proj4: str) -> str:
+        document = pyproj.CRS.from_proj4(proj4).to_json_dict()
+        document.pop("ids", None)
+        document["id"] = {"authority": "IAU", "version": 2015, "code": code}
+        return json.dumps(document)
+
+    centred_on_180 = "+proj=eqc +lon_0=180 +R=1737400 +units=m +no_defs"
+    assert iau_code(claiming(30115, centred_on_180)) == "IAU_2015:30115"
+    assert iau_code(claiming(30110, centred_on_180)) == "IAU_2015:30115"  # by definition
+    assert iau_code(claiming(30110, "+proj=eqc +lon_0=30 +R=1737400 +units=m")) is None
+    assert iau_code(claiming(49910, "+proj=eqc +lon_0=0 +R=3396190 +units=m")) is None
+    moon = crs_module._moon_definitions()  # so a claimed code that matches is the only one
+    assert len(moon) >= 18
+    assert not [(a, b) for a, one in moon for b, other in moon if a < b and one.matches(other)]
 
 
 def test_lunar_footprint_of_a_plain_tile_is_its_lon_lat_box() -> None:
