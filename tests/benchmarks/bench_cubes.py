@@ -252,12 +252,14 @@ def child(
     jobs = [Job(**j) for j in json.loads(jobs_file.read_text())]
     client = None
     if tool == "lunarchive":
-        # lunarchive's small GDAL block cache, as the process flow's workers get it (imported
-        # here only: the GDAL child must not pay for lunarchive's imports)
+        # lunarchive's small GDAL block cache, as the process flow's workers get it: each
+        # worker thread its own (the flow's workers are single-threaded processes). Imported
+        # here only: the GDAL child must not pay for lunarchive's imports.
         from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
         from lunarchive.processing.readers import GDAL_CACHE_MIB
 
-        os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MIB))
+        threads = cores if scheduler == "threads" else 1
+        os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MIB * threads))
     if tool == "lunarchive" and scheduler == "threads":
         import dask
 
