@@ -126,12 +126,16 @@ def iau_code(crs: CrsLike) -> str | None:
 
 
 def _claimed_moon_code(crs: pyproj.CRS) -> str | None:
-    """The IAU_2015 Moon code the CRS names as its identifier, if it names one."""
+    """The IAU_2015 Moon code the CRS names as its identifier, if it names one: ``IAU_2015``
+    or ``IAU`` (of version 2015, or none, as WKT1 gives it) and a Moon code."""
     document = crs.to_json_dict()
     for ident in [document["id"]] if "id" in document else document.get("ids", []):
+        authority, version = ident.get("authority"), str(ident.get("version", 2015))
         code = str(ident.get("code"))
-        if (ident.get("authority"), ident.get("version")) == ("IAU", 2015) and re.fullmatch(
-            _MOON_CODES, code
+        if (
+            authority in ("IAU", "IAU_2015")
+            and version == "2015"
+            and re.fullmatch(_MOON_CODES, code)
         ):
             return f"IAU_2015:{code}"
     return None

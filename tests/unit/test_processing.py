@@ -185,6 +185,10 @@ def test_iau_code_trusts_a_claimed_identifier_only_when_the_definition_agrees() 
     assert iau_code(claiming(30110, centred_on_180)) == "IAU_2015:30115"  # by definition
     assert iau_code(claiming(30110, "+proj=eqc +lon_0=30 +R=1737400 +units=m")) is None
     assert iau_code(claiming(49910, "+proj=eqc +lon_0=0 +R=3396190 +units=m")) is None
+    crs_module._moon_definitions.cache_clear()
+    wkt1 = pyproj.CRS("IAU_2015:30135").to_wkt("WKT1_GDAL")  # AUTHORITY["IAU","30135"]
+    assert iau_code(wkt1) == "IAU_2015:30135"
+    assert crs_module._moon_definitions.cache_info().misses == 0  # the named code, compared
     moon = crs_module._moon_definitions()  # so a claimed code that matches is the only one
     assert len(moon) >= 18
     assert not [(a, b) for a, one in moon for b, other in moon if a < b and one.matches(other)]
