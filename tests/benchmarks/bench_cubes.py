@@ -30,6 +30,7 @@ import math
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -539,8 +540,19 @@ def _run(root: Path, size_mb: float, cores: int, scheduler: str, repeats: int = 
         f"peak memory {memory_ratio:.2f}x (goal <= 1.5)"
     )
     if "lunarchive-1" in runs:
-        speedup = sum(runs["lunarchive-1"]["seconds"].values()) / sum(ours["seconds"].values())
+        one = runs["lunarchive-1"]
+        speedup = sum(one["seconds"].values()) / sum(ours["seconds"].values())
         print(f"lunarchive {cores} workers vs 1: {speedup:.2f}x faster (goal >= 1.7)")
+        rounds = [
+            sum(single["seconds"].values()) / sum(both["seconds"].values())
+            for both, single in zip(tries["lunarchive"], tries["lunarchive-1"], strict=True)
+        ]
+        print(
+            "  round by round (runs next to each other in time): "
+            + ", ".join(f"{r:.2f}" for r in rounds)
+            + f" (median {statistics.median(rounds):.2f}); CPU s of the best runs, "
+            f"{cores} workers / 1: {ours['cpu_seconds'] / one['cpu_seconds']:.2f}x"
+        )
     if failures:
         print("\nFAILED against the known surface:\n  " + "\n  ".join(failures))
         return 1
