@@ -16,6 +16,7 @@ from lunarchive.catalog.store import Store, open_store
 from lunarchive.flows.settings import Settings, s3_options
 from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
 from lunarchive.processing.readers import GDAL_CACHE_MIB
+from lunarchive.processing.worker import PRELOAD
 from lunarchive.schemas.errors import QUARANTINE, RETRY, decision_for
 
 __all__ = [
@@ -50,6 +51,9 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
             "threads_per_worker": 1,
             "processes": True,
             "dashboard_address": None,
+            # each worker imports the build's modules and freezes them for the garbage
+            # collector before its first task (processing.worker)
+            "preload": [PRELOAD],
             "env": {
                 # a bounded GDAL block cache for the warp tasks' reads (GDAL_CACHE_MIB)
                 "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MIB)),

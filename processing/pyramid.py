@@ -232,7 +232,7 @@ def overview(ds: xr.Dataset) -> xr.Dataset:
     smaller = xr.DataArray(halved, dims=array.dims, coords=coords, attrs=array.attrs)
     result = smaller.to_dataset(name=variable)
     result = result.rio.write_crs(ds.rio.crs).rio.write_transform(
-        transform * transform.scale(2.0, 2.0)
+        transform @ transform.scale(2.0, 2.0)
     )
     result = result.rio.write_coordinate_system()
     result.attrs = {k: v for k, v in ds.attrs.items() if k.startswith(("proj:", "ssys:"))}

@@ -220,7 +220,7 @@ class _SourcePlan:
         return cls(
             members=tuple(members),
             shape=(rows, cols),
-            affine=base * Affine.translation(col0, row0),
+            affine=base @ Affine.translation(col0, row0),
             crs_wkt=_warp_crs(src_crs),
             to_source=to_source,
             poles=tuple(_poles_in(dst_crs)),
@@ -329,7 +329,7 @@ def _overlapping(edges: tuple[int, ...], start: int, stop: int) -> range:
 
 def _grid_offset(base: Affine, other: Affine) -> tuple[int, int]:
     """(row, col) of ``other``'s origin on ``base``'s pixel grid; ValueError if off it."""
-    col, row = ~base * (other.c, other.f)
+    col, row = ~base @ (other.c, other.f)
     if (other.a, other.b, other.d, other.e) != (base.a, base.b, base.d, base.e) or max(
         abs(col - round(col)), abs(row - round(row))
     ) > _SNAP_PX:
@@ -448,11 +448,11 @@ def _pieces(
         if not parts:
             continue
         row0, row1, col0, col1 = window
-        transform = plan.affine * Affine.translation(col0, row0)
+        transform = plan.affine @ Affine.translation(col0, row0)
         src_crs, out_crs = plan.crs_wkt, dst_warp_crs
         if plan.linear is not None:
             # The window's pixels straight to output coordinates: both sides "in" one CRS.
-            transform, src_crs, out_crs = ~plan.linear * transform, _LINEAR_CRS, _LINEAR_CRS
+            transform, src_crs, out_crs = ~plan.linear @ transform, _LINEAR_CRS, _LINEAR_CRS
         shape = (row1 - row0, col1 - col0)
         windows.append((parts, shape, transform, src_crs, out_crs, plan.scale))
         largest = max(largest, shape[0] * shape[1] * bands * 4)
@@ -590,7 +590,7 @@ def _source_window(part: GeoBox, plan: _SourcePlan) -> Window | None:
             xs = np.concatenate([xs, [x for x, _ in inside]])
             ys = np.concatenate([ys, [y for _, y in inside]])
         sx, sy = plan.to_source.transform(xs, ys, errcheck=False)
-    cols, rows = ~plan.affine * (np.asarray(sx), np.asarray(sy))
+    cols, rows = ~plan.affine @ (np.asarray(sx), np.asarray(sy))
     finite = np.isfinite(cols) & np.isfinite(rows)
     height, width = plan.shape
     if inside:

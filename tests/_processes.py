@@ -17,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from lunarchive.processing.worker import PRELOAD
+
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 300.0  # a loaded 2-core machine has needed more than 120 s
 
@@ -105,7 +107,7 @@ def dask_cluster(folder: Path, *, workers: int, env: dict[str, str]) -> Iterator
             for _ in range(workers):
                 processes.append(subprocess.Popen(
                     [str(BIN / "dask"), "worker", address, "--host", "127.0.0.1",
-                     "--nthreads", "1", "--nworkers", "1", *common],
+                     "--nthreads", "1", "--nworkers", "1", "--preload", PRELOAD, *common],
                     stdout=out, stderr=subprocess.STDOUT, env=child_env,
                 ))  # fmt: skip
         from distributed import Client

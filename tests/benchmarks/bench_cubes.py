@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import importlib
 import json
 import math
 import os
@@ -258,6 +257,7 @@ def child(
         # here only: the GDAL child must not pay for lunarchive's imports.
         from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
         from lunarchive.processing.readers import GDAL_CACHE_MIB
+        from lunarchive.processing.worker import PRELOAD, warm
 
         threads = cores if scheduler == "threads" else 1
         os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MIB * threads))
@@ -275,10 +275,9 @@ def child(
             dashboard_address=None,
             memory_limit=f"{memory_limit_mib}MiB" if memory_limit_mib else "auto",
             env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB), **WRITE_PIPELINE_ENV},
+            preload=[PRELOAD],  # workers start warm, as the process flow's do
         )
         client = Client(cluster)
-        for module in ("lunarchive.processing.warp", "lunarchive.processing.pyramid", "zarr"):
-            client.run(importlib.import_module, module)  # workers warm, as in a running flow
     # Imports are not timed (either tool's).
     import rasterio  # noqa: F401
 
@@ -286,10 +285,8 @@ def child(
         # dask imports distributed (when installed) at the first compute to look for a
         # client, whatever the scheduler: done here, not on the clock.
         import distributed  # noqa: F401
-
-        import lunarchive.processing.pyramid
-        import lunarchive.processing.readers
-        import lunarchive.processing.tiles  # noqa: F401
+    if tool == "lunarchive" and scheduler == "threads":
+        warm()  # this process is the worker: it starts as the process flow's workers do
     monitor = _PeakMemory()
     runner = run_lunarchive if tool == "lunarchive" else run_gdal
     seconds, phases = {}, {}
@@ -403,7 +400,7 @@ def check(job: Job, path: Path, *, sample: int = 4) -> tuple[float, float]:
     if radius != MOON_RADIUS_M:
         raise AssertionError(f"{path}: CRS on a sphere of {radius} m, not the Moon")
     rows, cols = np.mgrid[0 : values.shape[0], 0 : values.shape[1]] * sample + 0.5
-    xs, ys = transform * (cols, rows)
+    xs, ys = transform @ (cols, rows)
     to_lonlat = pyproj.Transformer.from_crs(job.crs, "IAU_2015:30100", always_xy=True)
     lons, lats = to_lonlat.transform(xs, ys)
     expected = surface(np.asarray(lons), np.asarray(lats))

@@ -190,7 +190,7 @@ def nearest_source(
         period = 2 * np.pi * MOON_RADIUS_M  # a 0..360° E source: the same place, one turn on
         left = transform.c
         sx = np.where(np.asarray(sx) < left, np.asarray(sx) + period, sx)
-    col_f, row_f = ~transform * (np.asarray(sx), np.asarray(sy))
+    col_f, row_f = ~transform @ (np.asarray(sx), np.asarray(sy))
     sy_n, sx_n = values.shape[-2:]
     inside = (row_f >= 0) & (row_f < sy_n) & (col_f >= 0) & (col_f < sx_n)
     clear = (
@@ -393,7 +393,7 @@ def test_kaguya_mi_tile_has_bands_with_wavelengths_and_source_values(
     tile = named_grid("moon-eqc-2048").tile("r039c304")
     # MI's pixels are the grid's shifted by half a pixel: the tile's pixel centres fall on
     # the source's pixel corners, and bilinear gives the mean of the 2 × 2 around each.
-    col0, row0 = ~tile.geobox.affine * (transform.c, transform.f)
+    col0, row0 = ~tile.geobox.affine @ (transform.c, transform.f)
     r0, c0 = round(row0 + 0.5), round(col0 + 0.5)
     for i, j in [(0, 0), (1, 2), (3, 3), (2, 0)]:
         got = reflectance.values[:, r0 + i, c0 + j]

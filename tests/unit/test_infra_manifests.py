@@ -6,6 +6,7 @@ point and setting they name is checked against the code.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 import shutil
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from lunarchive.flows.settings import Settings
+from lunarchive.processing.worker import PRELOAD
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -85,6 +87,14 @@ def test_dask_workers_reach_the_scheduler_the_settings_name() -> None:
     assert host == f"{cluster['metadata']['name']}-scheduler"  # the operator's service name
     ports = cluster["spec"]["scheduler"]["service"]["ports"]
     assert int(port) in {p["port"] for p in ports}
+
+
+def test_dask_workers_start_warm_as_the_flow_s_local_workers_do() -> None:
+    (cluster,) = [doc for doc in k8s_documents() if doc["kind"] == "DaskCluster"]
+    (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
+    args = worker["args"]
+    assert args[args.index("--preload") + 1] == PRELOAD
+    assert callable(importlib.import_module(PRELOAD).dask_setup)
 
 
 @pytest.mark.parametrize("deployment", documents(INFRA / "prefect.yaml")[0]["deployments"],

@@ -109,7 +109,7 @@ def nearest_source(
     assert tile.geobox.crs is not None
     to_source = pyproj.Transformer.from_crs(tile.geobox.crs.to_wkt(), crs, always_xy=True)
     sx, sy = to_source.transform(xs, ys)
-    col_f, row_f = ~transform * (np.asarray(sx), np.asarray(sy))
+    col_f, row_f = ~transform @ (np.asarray(sx), np.asarray(sy))
     ny, nx = values.shape[-2:]
     inside = (row_f >= 0) & (row_f < ny) & (col_f >= 0) & (col_f < nx)
     # GDAL warps with an approximate transformer (0.125 px error, as gdalwarp): keep clear.
@@ -264,7 +264,7 @@ def test_kaguya_mi_gets_a_band_dimension_with_wavelengths(real: Path, tmp_path: 
     back = xr.open_zarr(tmp_path / "mi.zarr", decode_coords="all", consolidated=False)
     source, transform, _ = source_raster(real / KAGUYA_MI)
     # Tile pixel centres fall on the source's pixel corners: bilinear is the 2 × 2 mean.
-    col0, row0 = ~tile.geobox.affine * (transform.c, transform.f)
+    col0, row0 = ~tile.geobox.affine @ (transform.c, transform.f)
     r0, c0 = round(row0 + 0.5), round(col0 + 0.5)  # the source starts half a pixel out
     for i, j in [(0, 0), (1, 2), (3, 3)]:
         got = back["reflectance"].values[:, r0 + i, c0 + j]

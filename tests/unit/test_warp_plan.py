@@ -94,7 +94,7 @@ def grid(crs: str, *, centre: tuple[float, float], pixel_m: float, size: int) ->
 def truth(geobox: GeoBox, surface: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
     ny, nx = geobox.shape
     cols, rows = np.meshgrid(np.arange(nx) + 0.5, np.arange(ny) + 0.5)
-    xs, ys = geobox.affine * (cols, rows)
+    xs, ys = geobox.affine @ (cols, rows)
     assert geobox.crs is not None
     to_lonlat = pyproj.Transformer.from_crs(geobox.crs.to_wkt(), "IAU_2015:30100", always_xy=True)
     lons, lats = to_lonlat.transform(xs, ys)
