@@ -285,6 +285,10 @@ def child(
         # dask imports distributed (when installed) at the first compute to look for a
         # client, whatever the scheduler: done here, not on the clock.
         import distributed  # noqa: F401
+
+        import lunarchive.processing.pyramid
+        import lunarchive.processing.readers
+        import lunarchive.processing.tiles  # noqa: F401
     if tool == "lunarchive" and scheduler == "threads":
         warm()  # this process is the worker: it starts as the process flow's workers do
     monitor = _PeakMemory()
