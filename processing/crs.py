@@ -172,11 +172,8 @@ class _Definition:
 @functools.cache
 def _moon_definitions() -> tuple[tuple[str, _Definition], ...]:
     infos = pyproj.database.query_crs_info(auth_name="IAU_2015")
-    codes = sorted(i.code for i in infos if re.fullmatch(_MOON_CODES, i.code))
-    return tuple(
-        (f"IAU_2015:{code}", _definition(pyproj.CRS.from_authority("IAU_2015", code)))
-        for code in codes
-    )
+    codes = sorted(f"IAU_2015:{i.code}" for i in infos if re.fullmatch(_MOON_CODES, i.code))
+    return tuple((code, _moon_definition(code)) for code in codes)
 
 
 def _definition(crs: pyproj.CRS) -> _Definition:

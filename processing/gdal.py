@@ -260,9 +260,8 @@ class Dataset:
 
     def driver(self) -> str:
         """The short name of the driver that opened the file (``GTiff``, ``PDS4`` …)."""
-        return str(
-            libgdal().GDALGetDriverShortName(libgdal().GDALGetDatasetDriver(self.handle)).decode()
-        )
+        lib = libgdal()
+        return str(lib.GDALGetDriverShortName(lib.GDALGetDatasetDriver(self.handle)).decode())
 
     def scale_offset_nodata(self, band: int) -> tuple[float, float, float | None]:
         """The band's scale (1 when unset), offset (0 when unset) and nodata (or None)."""
