@@ -22,6 +22,7 @@ from lunarchive.processing.crs import (
     assert_lunar,
     iau_code,
 )
+from lunarchive.processing.rasters import write_crs
 
 __all__ = ["build_cube", "prepare_for_zarr"]
 
@@ -55,7 +56,7 @@ def build_cube(mosaic: xr.DataArray, *, name: str) -> xr.Dataset:
     variable = xr.DataArray(mosaic.data, coords=coords, dims=mosaic.dims, attrs=attrs)
     variable.attrs.setdefault("reference_radius_m", MOON_RADIUS_M)
     dataset = variable.to_dataset(name=name)
-    dataset = dataset.rio.write_crs(crs).rio.write_transform(mosaic.rio.transform())
+    dataset = write_crs(dataset, crs).rio.write_transform(mosaic.rio.transform())
     dataset = dataset.rio.write_coordinate_system()
     dataset.attrs = {
         "proj:code": code,

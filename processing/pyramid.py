@@ -33,6 +33,7 @@ from zarr.abc.store import Store
 from zarr.codecs import ZstdCodec
 
 from lunarchive.processing.cube import prepare_for_zarr
+from lunarchive.processing.rasters import write_crs
 from lunarchive.processing.tiles import CHUNK_PX, DEFAULT_LIMITS, Limits
 from lunarchive.schemas.errors import ProductRejected
 
@@ -131,7 +132,7 @@ def write_tile(
     variable = _only_variable(ds)
     _write_level(ds, store, group=None, shard=shard)
     layout: list[dict[str, Any]] = [_layout_entry(ds, variable, level=0)]
-    level, current = 0, _reopen(store, group=None)
+    level, current = 0, _reopen(store, group=None) if overviews else ds
     while overviews and max(current[variable].shape[-2:]) > OVERVIEW_MIN_PX:
         level += 1
         smaller = overview(current)
@@ -231,7 +232,7 @@ def overview(ds: xr.Dataset) -> xr.Dataset:
     coords.update({str(k): v for k, v in array.coords.items() if v.dims == ("band",)})
     smaller = xr.DataArray(halved, dims=array.dims, coords=coords, attrs=array.attrs)
     result = smaller.to_dataset(name=variable)
-    result = result.rio.write_crs(ds.rio.crs).rio.write_transform(
+    result = write_crs(result, ds.rio.crs).rio.write_transform(
         transform @ transform.scale(2.0, 2.0)
     )
     result = result.rio.write_coordinate_system()

@@ -34,7 +34,7 @@ import dask.base
 import numpy as np
 import pyproj
 import pyproj.exceptions
-import rioxarray  # noqa: F401  (the .rio accessor)
+import rioxarray  # also registers the .rio accessor
 import xarray as xr
 from affine import Affine
 
@@ -51,11 +51,14 @@ __all__ = [
     "lazy_values",
     "open_raster",
     "to_dataarray",
+    "write_crs",
 ]
 
 # dask's functions carry no annotations, which mypy --strict refuses to call: typed as Any.
 da: Any = dask.array
 _tokenize: Any = dask.base.tokenize
+_rio_options: Any = rioxarray.set_options
+_rio_options_lock = threading.Lock()
 
 READ_CHUNK: Final = "2MiB"
 """Lazy reads in chunks of about this size (all bands of a window in one), aligned on the
@@ -227,6 +230,29 @@ def to_dataarray(values: Any, raster: Raster, *, name: str | None = None) -> xr.
     return data
 
 
+def write_crs[T: (xr.DataArray, xr.Dataset)](obj: T, crs: Any) -> T:
+    """``obj.rio.write_crs(crs)``: the same grid mapping, attributes and encoding, with the
+    CRS's CF description (pyproj's ``to_cf``, 5-10 ms a call, GIL held) made once per CRS."""
+    # rioxarray's options are one global dict that set_options saves and restores whole:
+    # two threads inside at once could restore each other's setting, hence the lock.
+    with _rio_options_lock, _rio_options(export_grid_mapping=False):
+        written: T = obj.rio.write_crs(crs)
+    mapping = written.coords[written.rio.grid_mapping]
+    # rioxarray starts from to_cf's attributes, then sets spatial_ref, crs_wkt (in to_cf's
+    # place) and GeoTransform: merged in that order, the attributes keep its order too.
+    mapping.attrs = {**_cf_attrs(mapping.attrs["crs_wkt"]), **mapping.attrs}
+    return written
+
+
+@functools.lru_cache(maxsize=64)
+def _cf_attrs(wkt: str) -> dict[str, Any]:
+    try:
+        attrs: dict[str, Any] = pyproj.CRS.from_user_input(wkt).to_cf()
+    except KeyError:  # as rioxarray: a CRS with no CF description gets none
+        return {}
+    return attrs
+
+
 @dataclass(frozen=True)
 class _ReadSpec:
     """What a read needs of a raster, and no more: it travels with every read task (a CRS
@@ -372,7 +398,7 @@ def _current(key: _Key) -> bool:
 def _grid_mapping_attrs(wkt: str) -> dict[str, Any]:
     """The ``spatial_ref`` attributes rioxarray writes for this CRS (its ``to_cf`` costs
     about 5 ms a call), without the per-raster ``GeoTransform``."""
-    template = xr.DataArray(np.zeros((1, 1), np.float32), dims=("y", "x")).rio.write_crs(wkt)
+    template = write_crs(xr.DataArray(np.zeros((1, 1), np.float32), dims=("y", "x")), wkt)
     attrs = dict(template.coords["spatial_ref"].attrs)
     attrs.pop("GeoTransform", None)
     return attrs

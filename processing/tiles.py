@@ -31,7 +31,13 @@ from odc.geo.geobox import GeoBox
 from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar, crs_of_wkt
 from lunarchive.processing.cube import build_cube
 from lunarchive.processing.grids import Tile, overlaps
-from lunarchive.processing.rasters import Raster, lazy_values, open_raster, to_dataarray
+from lunarchive.processing.rasters import (
+    Raster,
+    lazy_values,
+    open_raster,
+    to_dataarray,
+    write_crs,
+)
 from lunarchive.processing.warp import mosaic_lazy
 from lunarchive.schemas.errors import ProductRejected
 
@@ -253,7 +259,7 @@ def mosaic_onto(layers: Sequence[Layer], geobox: GeoBox, *, resampling: str) -> 
     pieces = [piece for layer in layers for piece in normalise_longitudes(layer.data, target)]
     merged = mosaic_lazy(pieces, geobox, resampling=resampling, chunk_px=WARP_CHUNK_PX)
     merged.attrs = _variable_attrs(layers[0].data)
-    result: xr.DataArray = merged.rio.write_crs(target.to_wkt()).rio.write_transform(geobox.affine)
+    result: xr.DataArray = write_crs(merged, target.to_wkt()).rio.write_transform(geobox.affine)
     return result
 
 
@@ -286,7 +292,7 @@ def normalise_longitudes(data: xr.DataArray, target: pyproj.CRS) -> list[xr.Data
     """
     shift = _meridian_shift(_crs_of(data), target)
     if shift is not None:
-        moved = data.assign_coords(x=data["x"] + shift).rio.write_crs(target.to_wkt())
+        moved = write_crs(data.assign_coords(x=data["x"] + shift), target.to_wkt())
         data = moved.rio.write_transform(moved.rio.transform(recalc=True))
     return split_at_antimeridian(data)
 

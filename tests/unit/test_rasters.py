@@ -15,6 +15,7 @@ import numpy as np
 import pyproj
 import pytest
 import rasterio  # type: ignore[import-untyped]
+import xarray as xr
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
 from lunarchive.processing import rasters
@@ -266,3 +267,42 @@ def test_geotiff_keys_are_read_from_classic_and_big_tiffs_and_nothing_else(
     label = tmp_path / "label.lbl"
     label.write_text("PDS_VERSION_ID = PDS3\nEND\n", encoding="ascii")
     assert [geokeys(p) for p in (plain, truncated, label, tmp_path / "missing.tif")] == [None] * 4
+
+
+@pytest.mark.parametrize("kind", ["DataArray", "Dataset"])
+def test_write_crs_writes_what_rioxarray_writes_building_the_cf_attributes_once(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A polar CRS of each case's own (a latitude of true scale no other test uses), so that
+    # its CF description is not yet built in this process.
+    true_scale = -71.25 if kind == "DataArray" else -72.5
+    wkt = pyproj.CRS.from_proj4(
+        f"+proj=stere +lat_0=-90 +lat_ts={true_scale} +lon_0=0 +R=1737400 +units=m +type=crs"
+    ).to_wkt()
+    built = []
+    to_cf = pyproj.CRS.to_cf
+    monkeypatch.setattr(
+        pyproj.CRS, "to_cf", lambda self, **kw: built.append(1) or to_cf(self, **kw)
+    )
+    values = xr.DataArray(
+        np.zeros((2, 3), np.float32),
+        dims=("y", "x"),
+        coords={"y": [1.5, 0.5], "x": [0.5, 1.5, 2.5]},
+    ).rio.write_transform(from_origin(0, 2, 1, 1))
+    obj = values.to_dataset(name="height") if kind == "Dataset" else values
+    mine = [rasters.write_crs(obj, wkt) for _ in range(3)]
+    assert len(built) == 1
+    monkeypatch.setattr(pyproj.CRS, "to_cf", to_cf)
+    theirs = obj.rio.write_crs(wkt)
+    for written in mine:
+        assert written.identical(theirs)
+        assert list(written["spatial_ref"].attrs) == list(theirs["spatial_ref"].attrs)
+        assert written["spatial_ref"].attrs["grid_mapping_name"] == "polar_stereographic"
+        encodings = [written.encoding] + [
+            v.encoding for v in getattr(written, "data_vars", {}).values()
+        ]
+        assert all(e == {"grid_mapping": "spatial_ref"} for e in encodings)
+        assert encodings == [theirs.encoding] + [
+            v.encoding for v in getattr(theirs, "data_vars", {}).values()
+        ]
+    assert "spatial_ref" not in obj.coords or "crs_wkt" not in obj["spatial_ref"].attrs
