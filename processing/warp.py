@@ -683,7 +683,7 @@ def _warp_merge(
     warped, first-wins."""
     merged = np.full(shape, np.nan, dtype=np.float32)
     layer = merged  # the first source warps straight into the result
-    for parts, (rows, cols), transform, crs, dst_crs, scale in sources:
+    for index, (parts, (rows, cols), transform, crs, dst_crs, scale) in enumerate(sources):
         source = _assemble(parts, (shape[0], rows, cols))
         if layer is not merged:
             layer.fill(np.nan)
@@ -712,8 +712,8 @@ def _warp_merge(
         )
         if layer is not merged:
             np.copyto(merged, layer, where=np.isnan(merged))
-        if not np.isnan(merged).any():
-            break  # full: later sources cannot change it
+        if index == len(sources) - 1 or not np.isnan(merged).any():
+            break  # the last, or full: later sources cannot change it
         if layer is merged:
             layer = np.empty(shape, dtype=np.float32)
     return merged
@@ -736,11 +736,22 @@ def _assemble(
             cut.append((chunk[:, r0:r1, c0:c1], row + r0, col + c0))
     if len(cut) == 1 and cut[0][0].shape == shape:
         return np.ascontiguousarray(cut[0][0], dtype=np.float32)
-    window = np.full(shape, np.nan, dtype=np.float32)
+    boxes = [(row, col, row + block.shape[1], col + block.shape[2]) for block, row, col in cut]
+    disjoint = not any(_intersect(a, b) for i, a in enumerate(boxes) for b in boxes[:i])
+    # Chunks of one file, or inputs that only abut, cannot overlap: each is copied in once,
+    # and NaN is written only where none reaches (each pass over a window is one more sweep
+    # of memory, which two workers share). Overlapping inputs are merged first-wins.
+    covered = disjoint and sum((r1 - r0) * (c1 - c0) for r0, c0, r1, c1 in boxes) == rows * cols
+    window = np.empty(shape, dtype=np.float32) if covered else np.full(shape, np.nan, np.float32)
     for block, row, col in cut:
         target = window[:, row : row + block.shape[1], col : col + block.shape[2]]
-        if len(cut) == 1:
+        if disjoint:
             target[...] = block
         else:
             np.copyto(target, block, where=np.isnan(target))
     return window
+
+
+def _intersect(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two (row0, col0, row1, col1) boxes share a pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]

@@ -323,6 +323,30 @@ def test_overlap_rule_decides_and_provenance_records_the_order(
     assert cube.attrs["lunarchive:inputs"][0]["acquired"].startswith("20")
 
 
+def test_overlapping_inputs_on_one_grid_merge_first_wins_and_fill_each_other_s_holes() -> None:
+    # Same grid (16 px/deg, whole-pixel offsets): read as one mosaic of both inputs' chunks.
+    holed = np.full((40, 40), 1.0)
+    holed[20:30, 20:30] = np.nan  # 11.25..11.875° E, 8.75..8.125° N
+    first = eqc_layer(holed, lon0=10.0, lat0=10.0, ppd=16, product_id="first")
+    second = eqc_layer(np.full((40, 40), 2.0), lon0=11.0, lat0=9.0, ppd=16, product_id="second")
+    first = Layer(first.data.chunk(16), first.product_id)  # several chunks in each window
+    tile = named_grid("moon-eqc-16").tile("r000c002")
+    cube = build_tile(
+        [first, second], tile, resampling="nearest", rule="priority", priority=("first",)
+    )
+    height = cube["height"]
+
+    def at(lon: float, lat: float) -> float:
+        return float(height.sel({"x": lon * DEGREE_M, "y": lat * DEGREE_M}, method="nearest"))
+
+    assert at(10.3, 9.7) == 1.0  # the first only
+    assert at(12.3, 7.7) == 1.0  # both: the first wins
+    assert at(11.5, 8.5) == 2.0  # the first's hole, filled by the second
+    assert at(13.0, 7.0) == 2.0  # the second only
+    assert math.isnan(at(14.0, 9.5))  # neither
+    assert int(height.notnull().sum()) == 40 * 40 + 40 * 40 - 24 * 24
+
+
 def test_inputs_off_the_tile_are_left_out_of_its_provenance() -> None:
     old, new = overlapping_pair()
     far = eqc_layer(np.ones((4, 4)), lon0=-100.0, lat0=-10.0, ppd=16, product_id="far")
