@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from distributed import LocalCluster
 from prefect import Task, get_run_logger
 from prefect.client.schemas.objects import State, TaskRun
 from prefect_dask.task_runners import DaskTaskRunner
@@ -16,18 +17,22 @@ from lunarchive.catalog.store import Store, open_store
 from lunarchive.flows.settings import Settings, s3_options
 from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
 from lunarchive.processing.readers import GDAL_CACHE_MIB
-from lunarchive.processing.worker import PRELOAD
+from lunarchive.processing.worker import PRELOAD, spawning_workers
 from lunarchive.schemas.errors import QUARANTINE, RETRY, decision_for
 
 __all__ = [
     "dask_task_runner",
     "load_settings",
+    "local_cluster",
     "prefect_api",
     "retry_transient",
     "s3_options",
     "settle",
     "store_for",
 ]
+
+# distributed's LocalCluster carries no annotations, which mypy --strict refuses to call.
+_new_local_cluster: Any = LocalCluster
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -46,6 +51,7 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
     if settings.dask_address:
         return DaskTaskRunner(address=settings.dask_address)
     return DaskTaskRunner(
+        cluster_class=local_cluster,
         cluster_kwargs={
             "n_workers": settings.dask_workers,
             "threads_per_worker": 1,
@@ -60,8 +66,16 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
                 # zarr's synchronous codec pipeline for tile writes (pyramid.WRITE_PIPELINE)
                 **WRITE_PIPELINE_ENV,
             },
-        }
+        },
     )
+
+
+def local_cluster(**kwargs: Any) -> LocalCluster:
+    """``LocalCluster(**kwargs)`` whose worker processes start with the build's environment
+    (:data:`~lunarchive.processing.worker.SPAWN_ENV`, beside Dask's own)."""
+    with spawning_workers():
+        cluster: LocalCluster = _new_local_cluster(**kwargs)
+    return cluster
 
 
 def retry_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:

@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import gc
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Final
 
-__all__ = ["PRELOAD", "dask_setup", "warm"]
+__all__ = ["PRELOAD", "SPAWN_ENV", "dask_setup", "spawn_environ", "spawning_workers", "warm"]
 
 PRELOAD: Final = __name__
 """This module's name, as Dask's ``preload`` option takes it."""
+SPAWN_ENV: Final = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20)}
+"""What a worker process must start with, beside Dask's own ``pre-spawn-environ`` (glibc reads
+it at the process's first allocation, so setting it later does nothing).
+
+Dask sets ``MALLOC_TRIM_THRESHOLD_`` for its workers, which also stops glibc raising its mmap
+threshold as it would by default: every buffer of 128 KiB or more is then a fresh ``mmap``,
+page-faulted in as it is first written and unmapped when freed. A warp task's buffers are 4-9
+MiB (a 1024² float32 block, its source windows), and unmapping them in one thread interrupts
+the other threads of the process (TLB shootdowns). With the threshold at 32 MiB (glibc's own
+ceiling for it) they are reused from the heap: the cube benchmark ran 8-12 % faster on two
+threads and one, and scaled better, for 25 MiB more peak (measured). Dask's trim threshold
+still returns freed memory at the top of the heap."""
 _BUILD_MODULES: Final = (
     "lunarchive.processing.pyramid",
     "lunarchive.processing.quicklook",
@@ -65,6 +79,25 @@ def _rehearse() -> None:
     with dask.config.set(scheduler="sync"):
         write_tile(build_cube(mosaic, name="rehearsal"), store)
     xr.open_zarr(store, consolidated=False).load()
+
+
+def spawn_environ() -> dict[str, str]:
+    """Dask's pre-spawn environment for worker processes, with :data:`SPAWN_ENV` added."""
+    import dask
+    import distributed  # noqa: F401  (registers the distributed.* config defaults)
+
+    dask_own = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
+    return {**{key: str(value) for key, value in dask_own.items()}, **SPAWN_ENV}
+
+
+@contextmanager
+def spawning_workers() -> Iterator[None]:
+    """While inside, the worker processes Dask's nannies start get :func:`spawn_environ` (a
+    nanny reads it when it is made, and starts its worker, and any restart, with it)."""
+    import dask
+
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ()}):
+        yield
 
 
 def dask_setup(worker: Any) -> None:

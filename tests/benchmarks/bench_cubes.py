@@ -267,7 +267,7 @@ def child(
         # here only: the GDAL child must not pay for lunarchive's imports.
         from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
         from lunarchive.processing.readers import GDAL_CACHE_MIB
-        from lunarchive.processing.worker import PRELOAD, warm
+        from lunarchive.processing.worker import PRELOAD, spawning_workers, warm
 
         threads = cores if scheduler == "threads" else 1
         os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MIB * threads))
@@ -283,15 +283,16 @@ def child(
     elif tool == "lunarchive":
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(
-            n_workers=cores,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            memory_limit=f"{memory_limit_mib}MiB" if memory_limit_mib else "auto",
-            env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB), **WRITE_PIPELINE_ENV},
-            preload=[PRELOAD],  # workers start warm, as the process flow's do
-        )
+        with spawning_workers():  # the workers start as the process flow's do
+            cluster = LocalCluster(
+                n_workers=cores,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=f"{memory_limit_mib}MiB" if memory_limit_mib else "auto",
+                env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB), **WRITE_PIPELINE_ENV},
+                preload=[PRELOAD],  # workers start warm, as the process flow's do
+            )
         client = Client(cluster)
     # Imports are not timed (either tool's).
     import rasterio  # noqa: F401
@@ -466,15 +467,12 @@ def measure(
 
 
 def _child_environ() -> dict[str, str]:
-    """Both tools' processes get the environment Dask's nanny gives every worker process of
-    the process flow (``distributed.nanny.pre-spawn-environ``: glibc's trim threshold, which
-    also stops glibc raising its mmap threshold, so freed chunk buffers go back to the OS;
-    one BLAS thread)."""
-    import dask
-    import distributed  # noqa: F401  (registers the distributed.* config defaults)
+    """Both tools' processes start with the environment every worker process of the process
+    flow starts with (``processing.worker.spawn_environ``: Dask's pre-spawn environment, with
+    glibc's trim threshold and one BLAS thread, and the build's mmap threshold)."""
+    from lunarchive.processing.worker import spawn_environ
 
-    spawn = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
-    return {**os.environ, **{key: str(value) for key, value in spawn.items()}}
+    return {**os.environ, **spawn_environ()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
+from lunarchive.flows._runtime import dask_task_runner
 from lunarchive.flows.settings import Settings
-from lunarchive.processing.worker import PRELOAD
+from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
+from lunarchive.processing.readers import GDAL_CACHE_MIB
+from lunarchive.processing.worker import PRELOAD, SPAWN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -95,6 +98,17 @@ def test_dask_workers_start_warm_as_the_flow_s_local_workers_do() -> None:
     args = worker["args"]
     assert args[args.index("--preload") + 1] == PRELOAD
     assert callable(importlib.import_module(PRELOAD).dask_setup)
+
+
+def test_dask_workers_get_the_environment_the_flow_s_local_workers_get() -> None:
+    (cluster,) = [doc for doc in k8s_documents() if doc["kind"] == "DaskCluster"]
+    (worker,) = cluster["spec"]["worker"]["spec"]["containers"]
+    given = {item["name"]: item["value"] for item in worker["env"]}
+    # The flow's LocalCluster: GDAL's block cache and zarr's write pipeline (its env), and
+    # the start environment (SPAWN_ENV).
+    assert given == {"GDAL_CACHEMAX": str(GDAL_CACHE_MIB), **WRITE_PIPELINE_ENV, **SPAWN_ENV}
+    local_env = dask_task_runner(Settings(dask_workers=1)).cluster_kwargs["env"]
+    assert local_env.keys() | SPAWN_ENV.keys() == given.keys()
 
 
 @pytest.mark.parametrize("deployment", documents(INFRA / "prefect.yaml")[0]["deployments"],

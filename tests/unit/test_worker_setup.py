@@ -5,25 +5,35 @@ from __future__ import annotations
 
 import gc
 import sys
+from typing import Any
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from lunarchive.flows._runtime import dask_task_runner
 from lunarchive.flows.settings import Settings
+from lunarchive.processing.worker import SPAWN_ENV
 
 
-def _state() -> tuple[int, bool, int]:
+def _state() -> tuple[int, bool, int, dict[str, str]]:
     from xarray.namedarray.parallelcompat import list_chunkmanagers
 
     # The rehearsal wrote a cube: xarray's chunk managers are already looked up.
     rehearsed = list_chunkmanagers.cache_info().currsize
-    return gc.get_freeze_count(), "lunarchive.processing.warp" in sys.modules, rehearsed
+    # The environment the process was started with (os.environ may have changed since; what
+    # glibc read at the first allocation is this).
+    with open("/proc/self/environ", "rb") as started:
+        pairs = [item.split(b"=", 1) for item in started.read().split(b"\0") if b"=" in item]
+    environ = {key.decode(): value.decode() for key, value in pairs}
+    return gc.get_freeze_count(), "lunarchive.processing.warp" in sys.modules, rehearsed, environ
 
 
 def test_the_flow_s_workers_import_rehearse_and_freeze_the_build_before_their_first_task() -> None:
     runner = dask_task_runner(Settings(dask_workers=1))
-    with LocalCluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
-        ((frozen, imported, rehearsed),) = client.run(_state).values()
+    cluster_class: Any = runner.cluster_class
+    with cluster_class(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
+        ((frozen, imported, rehearsed, started_with),) = client.run(_state).values()
+    assert SPAWN_ENV.items() <= started_with.items()
+    assert started_with["MALLOC_TRIM_THRESHOLD_"]  # Dask's own pre-spawn environment kept
     assert imported
     assert rehearsed == 1
     assert frozen > 50_000  # the imports' objects: out of every full collection's scan
