@@ -308,12 +308,10 @@ def child(
     if tool == "lunarchive" and scheduler == "threads":
         warm()  # this process is the worker: it starts as the process flow's workers do
     runner = run_lunarchive if tool == "lunarchive" else run_gdal
-    seconds, phases = {}, {}
+    phases = {}
 
     def run(job: Job) -> None:
-        start = time.perf_counter()
         phases[job.name] = runner(job, out_dir / f"{job.name}.zarr", cores)
-        seconds[job.name] = time.perf_counter() - start
 
     monitor = _PeakMemory()
     start = time.perf_counter()
@@ -329,7 +327,6 @@ def child(
         client.close()
     result = {
         "wall": wall,
-        "seconds": seconds,
         "phases": phases,
         "peak_mib": peak_mib,
         "worker_peak_mib": monitor.child_peak_mib,
