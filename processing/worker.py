@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -82,12 +83,17 @@ def _rehearse() -> None:
 
 
 def spawn_environ() -> dict[str, str]:
-    """Dask's pre-spawn environment for worker processes, with :data:`SPAWN_ENV` added."""
+    """Dask's pre-spawn environment for worker processes, with :data:`SPAWN_ENV` added.
+
+    An operator's own choice wins: a variable of :data:`SPAWN_ENV` already in this process's
+    environment keeps its value, and one set in Dask's ``pre-spawn-environ`` keeps that.
+    """
     import dask
     import distributed  # noqa: F401  (registers the distributed.* config defaults)
 
+    ours = {key: os.environ.get(key, value) for key, value in SPAWN_ENV.items()}
     dask_own = dask.config.get("distributed.nanny.pre-spawn-environ", default={}) or {}
-    return {**{key: str(value) for key, value in dask_own.items()}, **SPAWN_ENV}
+    return {**ours, **{key: str(value) for key, value in dask_own.items()}}
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""The process flow's Dask workers start warm: the build's modules imported and frozen for
-the garbage collector (lunarchive.processing.worker, a Dask preload)."""
+"""The process flow's Dask workers start warm (the build's modules imported, rehearsed and
+frozen for the garbage collector: lunarchive.processing.worker, a Dask preload) and with the
+build's start environment (SPAWN_ENV)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import gc
 import sys
 from typing import Any
 
+import dask
+import pytest
 from distributed import Client
 
 from lunarchive.flows._runtime import dask_task_runner
 from lunarchive.flows.settings import Settings
-from lunarchive.processing.worker import SPAWN_ENV
+from lunarchive.processing.worker import SPAWN_ENV, spawn_environ
 
 
 def _state() -> tuple[int, bool, int, dict[str, str]]:
@@ -37,3 +40,13 @@ def test_the_flow_s_workers_import_rehearse_and_freeze_the_build_before_their_fi
     assert imported
     assert rehearsed == 1
     assert frozen > 50_000  # the imports' objects: out of every full collection's scan
+
+
+def test_an_operator_s_own_start_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    ((name, ours),) = SPAWN_ENV.items()
+    assert spawn_environ()[name] == ours
+    assert spawn_environ()["MALLOC_TRIM_THRESHOLD_"]  # Dask's own kept
+    monkeypatch.setenv(name, "1048576")
+    assert spawn_environ()[name] == "1048576"
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": 2097152}):
+        assert spawn_environ()[name] == "2097152"
