@@ -265,9 +265,8 @@ def child(
         # lunarchive's small GDAL block cache, as the process flow's workers get it: each
         # worker thread its own (the flow's workers are single-threaded processes). Imported
         # here only: the GDAL child must not pay for lunarchive's imports.
-        from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
         from lunarchive.processing.readers import GDAL_CACHE_MIB
-        from lunarchive.processing.worker import PRELOAD, spawning_workers, warm
+        from lunarchive.processing.worker import warm
 
         threads = cores if scheduler == "threads" else 1
         os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MIB * threads))
@@ -281,18 +280,18 @@ def child(
         pool = ContextAwareThreadPoolExecutor(cores, thread_name_prefix="dask")
         dask.config.set(scheduler="threads", pool=pool)
     elif tool == "lunarchive":
-        from distributed import Client, LocalCluster
+        from distributed import Client
 
-        with spawning_workers():  # the workers start as the process flow's do
-            cluster = LocalCluster(
-                n_workers=cores,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                memory_limit=f"{memory_limit_mib}MiB" if memory_limit_mib else "auto",
-                env={"GDAL_CACHEMAX": str(GDAL_CACHE_MIB), **WRITE_PIPELINE_ENV},
-                preload=[PRELOAD],  # workers start warm, as the process flow's do
-            )
+        from lunarchive.flows._runtime import dask_task_runner, local_cluster
+        from lunarchive.flows.settings import Settings
+
+        # The process flow's own LocalCluster (its workers' preload, GDAL cache, zarr write
+        # pipeline and start environment), with the memory limit asked for.
+        runner = dask_task_runner(Settings(dask_workers=cores, dask_address=None))
+        cluster = local_cluster(
+            **runner.cluster_kwargs,
+            memory_limit=f"{memory_limit_mib}MiB" if memory_limit_mib else "auto",
+        )
         client = Client(cluster)
     # Imports are not timed (either tool's).
     import rasterio  # noqa: F401
