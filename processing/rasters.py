@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import stat
 import threading
 import weakref
 from collections import OrderedDict
@@ -380,16 +381,18 @@ def _check_complete(dataset: Dataset, path: Path) -> None:
         ) from None
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    info = path.stat()
+def _stamp(path: str | Path) -> tuple[int, int, int]:
+    """The file's identity and version: inode, size, modification time (one ``stat``: a
+    sweep of the handle pool takes one per pooled file, before every open)."""
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise FileNotFoundError(f"not a file: {path}")
     return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def _current(key: _Key) -> bool:
     try:
-        return _stamp(Path(key[0])) == key[1]
+        return _stamp(key[0]) == key[1]
     except OSError:
         return False
 

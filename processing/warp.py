@@ -47,7 +47,7 @@ from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling  # type: ignore[import-untyped]
 
-from lunarchive.processing.crs import MOON_RADIUS_M, crs_of_wkt
+from lunarchive.processing.crs import MOON_RADIUS_M, crs_of_wkt, moon_geographic, transformer
 from lunarchive.processing.gdal import warp_into
 from lunarchive.processing.rasters import file_reader
 
@@ -215,7 +215,7 @@ class _SourcePlan:
         ]
         rows = max(m.row + m.shape[0] for m in members)
         cols = max(m.col + m.shape[1] for m in members)
-        to_source = pyproj.Transformer.from_crs(dst_crs, src_crs, always_xy=True)
+        to_source = transformer(dst_crs, src_crs)
         turn = abs(cols * base.a) if src_crs.is_geographic and base.b == 0 else 0.0
         return cls(
             members=tuple(members),
@@ -223,7 +223,7 @@ class _SourcePlan:
             affine=base @ Affine.translation(col0, row0),
             crs_wkt=_warp_crs(src_crs),
             to_source=to_source,
-            poles=tuple(_poles_in(dst_crs)),
+            poles=_poles_in(dst_crs.to_wkt()),
             scale=min(1.0, _pixel_m(src_crs, first.resolution) / dst_pixel_m),
             linear=_linear_map(to_source, geobox, abs(base.a)),
             wraps=math.isclose(turn, 360.0, rel_tol=0.0, abs_tol=abs(base.a) * _SNAP_PX),
@@ -548,7 +548,7 @@ def _pixel_m(crs: pyproj.CRS, resolution: tuple[float, float]) -> float:
 def _crs_of(geobox: GeoBox) -> pyproj.CRS:
     if geobox.crs is None:
         raise ValueError("a GeoBox without a CRS cannot be a lunar grid")
-    return pyproj.CRS.from_user_input(geobox.crs.to_wkt())
+    return crs_of_wkt(geobox.crs.to_wkt())
 
 
 def _centres(geobox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
@@ -557,16 +557,18 @@ def _centres(geobox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
     return a.f + a.e * (np.arange(ny) + 0.5), a.c + a.a * (np.arange(nx) + 0.5)
 
 
-def _poles_in(crs: pyproj.CRS) -> list[tuple[float, float]]:
-    """Where the poles are in ``crs`` when each is one point there (polar projections)."""
-    to_crs = pyproj.Transformer.from_crs("IAU_2015:30100", crs, always_xy=True)
+@functools.lru_cache(maxsize=64)
+def _poles_in(wkt: str) -> tuple[tuple[float, float], ...]:
+    """Where the poles are in the CRS of ``wkt`` when each is one point there (polar
+    projections)."""
+    to_crs = transformer(moon_geographic(), crs_of_wkt(wkt))
     found = []
     for lat in (90.0, -90.0):
         xs, ys = to_crs.transform([0.0, 90.0, 180.0], [lat] * 3, errcheck=False)
         points = np.column_stack([xs, ys])
         if np.isfinite(points).all() and np.ptp(points, axis=0).max() < 1e-3:
             found.append((float(xs[0]), float(ys[0])))
-    return found
+    return tuple(found)
 
 
 Window = tuple[int, int, int, int]  # row0, row1, col0, col1 (end exclusive)

@@ -158,6 +158,20 @@ def test_moon_geographic_is_iau_2015_30100() -> None:
     assert radius_m(crs) == MOON_RADIUS_M
 
 
+def test_a_transformer_is_made_once_per_pair_of_crss_and_transforms_as_pyproj_s() -> None:
+    polar = pyproj.CRS.from_user_input("IAU_2015:30135")
+    crs_module._transformer_of_wkt.cache_clear()
+    made = crs_module.transformer(moon_geographic(), polar)
+    again = crs_module.transformer(pyproj.CRS.from_wkt(moon_geographic().to_wkt()), polar)
+    back = crs_module.transformer(polar, moon_geographic())
+    assert again is made and back is not made
+    assert crs_module._transformer_of_wkt.cache_info().misses == 2
+    fresh = pyproj.Transformer.from_crs(moon_geographic(), polar, always_xy=True)
+    lons, lats = [0.0, 45.0, -120.0], [-89.0, -75.5, -60.0]
+    np.testing.assert_array_equal(made.transform(lons, lats), fresh.transform(lons, lats))
+    assert np.allclose(back.transform(*made.transform(lons, lats)), (lons, lats))
+
+
 def test_iau_code_compares_definitions_not_names() -> None:
     fixtures = shared_dir() / "fixtures" / "real"
     with rasterio.open(fixtures / "derived" / "ldem_4_pds4.xml") as src:
