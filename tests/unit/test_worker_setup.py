@@ -14,14 +14,18 @@ from distributed import Client
 
 from lunarchive.flows._runtime import dask_task_runner
 from lunarchive.flows.settings import Settings
+from lunarchive.processing.grids import GRID_NAMES, named_grid
 from lunarchive.processing.worker import SPAWN_ENV, spawn_environ
 
 
-def _state() -> tuple[int, bool, int, dict[str, str]]:
+def _state() -> tuple[int, bool, tuple[int, int], dict[str, str]]:
     from xarray.namedarray.parallelcompat import list_chunkmanagers
 
-    # The rehearsal wrote a cube: xarray's chunk managers are already looked up.
-    rehearsed = list_chunkmanagers.cache_info().currsize
+    from lunarchive.processing.warp import _poles_in
+
+    # The rehearsal wrote cubes: xarray's chunk managers are already looked up, and a warp
+    # was planned onto each grid CRS (where its poles are: found once per CRS).
+    rehearsed = list_chunkmanagers.cache_info().currsize, _poles_in.cache_info().currsize
     # The environment the process was started with (os.environ may have changed since; what
     # glibc read at the first allocation is this).
     with open("/proc/self/environ", "rb") as started:
@@ -38,7 +42,7 @@ def test_the_flow_s_workers_import_rehearse_and_freeze_the_build_before_their_fi
     assert SPAWN_ENV.items() <= started_with.items()
     assert started_with["MALLOC_TRIM_THRESHOLD_"]  # Dask's own pre-spawn environment kept
     assert imported
-    assert rehearsed == 1
+    assert rehearsed == (1, len({named_grid(name).crs_code for name in GRID_NAMES}))
     assert frozen > 50_000  # the imports' objects: out of every full collection's scan
 
 
