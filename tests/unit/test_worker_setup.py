@@ -40,17 +40,26 @@ def test_the_flow_s_workers_import_rehearse_and_freeze_the_build_before_their_fi
     with cluster_class(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
         ((frozen, imported, rehearsed, started_with),) = client.run(_state).values()
     assert SPAWN_ENV.items() <= started_with.items()
-    assert started_with["MALLOC_TRIM_THRESHOLD_"]  # Dask's own pre-spawn environment kept
+    assert started_with["OMP_NUM_THREADS"] == "1"  # the rest of Dask's pre-spawn environment
     assert imported
     assert rehearsed == (1, len({named_grid(name).crs_code for name in GRID_NAMES}))
     assert frozen > 50_000  # the imports' objects: out of every full collection's scan
 
 
-def test_an_operator_s_own_start_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    ((name, ours),) = SPAWN_ENV.items()
-    assert spawn_environ()[name] == ours
-    assert spawn_environ()["MALLOC_TRIM_THRESHOLD_"]  # Dask's own kept
-    monkeypatch.setenv(name, "1048576")
-    assert spawn_environ()[name] == "1048576"
-    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": 2097152}):
-        assert spawn_environ()[name] == "2097152"
+def test_ours_replace_dask_s_defaults_and_an_operator_s_own_start_environment_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    trim, mmap = "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"
+    dask_default = dask.config.get(f"distributed.nanny.pre-spawn-environ.{trim}")
+    assert str(dask_default) != SPAWN_ENV[trim]
+    for key in (trim, mmap):
+        monkeypatch.delenv(key, raising=False)
+    assert spawn_environ()[trim] == SPAWN_ENV[trim]  # over Dask's default
+    assert spawn_environ()[mmap] == SPAWN_ENV[mmap]
+    assert spawn_environ()["OMP_NUM_THREADS"] == "1"  # Dask's others kept
+    monkeypatch.setenv(mmap, "1048576")
+    assert spawn_environ()[mmap] == "1048576"
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{mmap}": 2097152}):
+        assert spawn_environ()[mmap] == "2097152"
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{trim}": 131072}):
+        assert spawn_environ()[trim] == "131072"
