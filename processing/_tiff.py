@@ -1,10 +1,13 @@
-"""The GeoTIFF keys of a TIFF file, as raw bytes: what GDAL builds a GeoTIFF's CRS from.
+"""What a TIFF file's first image directory says, read without GDAL and without pixels.
 
-GDAL builds a lunar GeoTIFF's CRS by looking its citation (``IAU_2015:30100``) up in PROJ's
-database: 5 to 10 ms a file, serialised inside GDAL and PROJ (threads building at once gain
-nothing, measured), and the same work again for every tile of a map. Two files whose GeoTIFF
-keys are the same bytes get the same CRS from GDAL, so the keys identify a CRS already built.
-Only the first image's three GeoTIFF tags are read (a few small reads, no pixels).
+* :func:`geokeys`: the GeoTIFF keys, as raw bytes: what GDAL builds a GeoTIFF's CRS from.
+  GDAL builds a lunar GeoTIFF's CRS by looking its citation (``IAU_2015:30100``) up in PROJ's
+  database: 5 to 10 ms a file, serialised inside GDAL and PROJ (threads building at once gain
+  nothing, measured), and the same work again for every tile of a map. Two files whose
+  GeoTIFF keys are the same bytes get the same CRS from GDAL, so the keys identify a CRS
+  already built.
+* :func:`data_end`: where the image's last stored block ends, from its tile or strip offsets
+  and byte counts: a file shorter than that is cut short, whichever block it cut.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import struct
 from pathlib import Path
 from typing import BinaryIO, Final
 
-__all__ = ["geokeys"]
+import numpy as np
+
+__all__ = ["data_end", "geokeys"]
 
 _GEOKEY_TAGS: Final = (34735, 34736, 34737)  # GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams
 _TYPE_BYTES: Final = {
@@ -22,19 +27,65 @@ _TYPE_BYTES: Final = {
 }  # fmt: skip
 """Bytes per value of each TIFF field type (BYTE … IFD8)."""
 _MAX_ENTRIES: Final = 4096  # more entries than any real first image has: not a TIFF
+_BLOCK_TAGS: Final = ((324, 325), (273, 279))  # TileOffsets/ByteCounts, StripOffsets/ByteCounts
+_INTEGERS: Final = {3: "u2", 4: "u4", 16: "u8"}  # SHORT, LONG, LONG8: offsets and counts
+_Entry = tuple[int, int, bytes]  # field type, count, the value's bytes
 
 
 def geokeys(path: Path) -> bytes | None:
     """The byte order and the GeoTIFF tags of ``path``'s first image, each with its type and
     count; None when the file is not a TIFF, has no GeoKeyDirectory or cannot be parsed."""
+    found = _first_image(path, _GEOKEY_TAGS)
+    if found is None or _GEOKEY_TAGS[0] not in found[1]:
+        return None
+    order, entries = found
+    tags = b"".join(
+        struct.pack(">H", tag) + struct.pack(order + "HQ", kind, count) + data
+        for tag, (kind, count, data) in sorted(entries.items())
+    )
+    return {"<": b"II", ">": b"MM"}[order] + tags
+
+
+def data_end(path: Path) -> int | None:
+    """The byte just past the last stored block (tile or strip) of ``path``'s first image:
+    the largest offset plus byte count of its blocks (a block a sparse file leaves out has
+    neither); None when the file is not a TIFF or its block tags cannot be parsed."""
+    wanted = tuple(tag for pair in _BLOCK_TAGS for tag in pair)
+    found = _first_image(path, wanted)
+    if found is None:
+        return None
+    order, entries = found
+    for offsets_tag, counts_tag in _BLOCK_TAGS:
+        if offsets_tag in entries and counts_tag in entries:
+            offsets = _integers(order, entries[offsets_tag])
+            counts = _integers(order, entries[counts_tag])
+            if offsets is None or counts is None or offsets.shape != counts.shape:
+                return None
+            stored = counts > 0
+            return int((offsets[stored] + counts[stored]).max(initial=0))
+    return None
+
+
+def _integers(order: str, entry: _Entry) -> np.ndarray | None:
+    kind, count, data = entry
+    code = _INTEGERS.get(kind)
+    if code is None:
+        return None
+    return np.frombuffer(data, dtype=order + code, count=count).astype(np.uint64)
+
+
+def _first_image(path: Path, tags: tuple[int, ...]) -> tuple[str, dict[int, _Entry]] | None:
+    """The byte order (``<`` or ``>``) and the ``tags`` the first image directory holds."""
     try:
         with path.open("rb") as file:
-            return _geokeys(file)
+            return _read_first_image(file, tags)
     except (OSError, struct.error, ValueError):
         return None
 
 
-def _geokeys(file: BinaryIO) -> bytes | None:
+def _read_first_image(
+    file: BinaryIO, tags: tuple[int, ...]
+) -> tuple[str, dict[int, _Entry]] | None:
     header = file.read(16)
     order = {b"II": "<", b"MM": ">"}.get(header[:2])
     if order is None:
@@ -54,10 +105,10 @@ def _geokeys(file: BinaryIO) -> bytes | None:
     if entries > _MAX_ENTRIES:
         return None
     table = file.read(entries * entry_size)
-    found: dict[int, bytes] = {}
+    found: dict[int, _Entry] = {}
     for i in range(entries):
         tag, kind, count, value = struct.unpack_from(order + entry_format, table, i * entry_size)
-        if tag not in _GEOKEY_TAGS:
+        if tag not in tags:
             continue
         size = _TYPE_BYTES.get(kind, 0) * count
         if size <= inline:  # the value is in the entry itself
@@ -67,7 +118,5 @@ def _geokeys(file: BinaryIO) -> bytes | None:
             data = file.read(size)
             if len(data) != size:
                 return None
-        found[tag] = struct.pack(order + "HQ", kind, count) + data
-    if _GEOKEY_TAGS[0] not in found:
-        return None
-    return header[:2] + b"".join(struct.pack(">H", t) + found[t] for t in sorted(found))
+        found[tag] = (kind, count, data)
+    return order, found

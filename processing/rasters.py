@@ -39,7 +39,7 @@ import rioxarray  # also registers the .rio accessor
 import xarray as xr
 from affine import Affine
 
-from lunarchive.processing._tiff import geokeys
+from lunarchive.processing._tiff import data_end, geokeys
 from lunarchive.processing.crs import assert_lunar, crs_of_wkt
 from lunarchive.processing.gdal import DATA_TYPES, Dataset, GdalError
 from lunarchive.schemas.errors import ProductRejected
@@ -140,7 +140,7 @@ def _inspect(dataset: Dataset, path: Path, stamp: tuple[int, int, int]) -> Raste
             f"{path.name}: band 1 stores {dtype} values (rule: a product's values are real "
             "numbers: integers or floating point)"
         )
-    _check_complete(dataset, path)
+    _check_complete(dataset, path, stamp[1])
     bands = [dataset.scale_offset_nodata(band) for band in range(1, count + 1)]
     return Raster(
         path=str(path),
@@ -362,16 +362,27 @@ _GEOREF_SETTINGS: Final = frozenset({"GDAL_GEOREF_SOURCES", "GDAL_PAM_PROXY_DIR"
 """GDAL settings that move where a GeoTIFF's CRS comes from: set, every file is asked."""
 
 
-def _check_complete(dataset: Dataset, path: Path) -> None:
-    """Refuse a data file shorter than its label declares.
+def _check_complete(dataset: Dataset, path: Path, size: int) -> None:
+    """Refuse a data file shorter than its label declares (``size``: the file's bytes).
 
     GDAL opens such a product and fails only when the missing lines are read, deep in a
-    lazy computation; reading the last pixel of the last band now moves the failure here.
-    That pixel is the image's last bytes in every raw layout (band, line or pixel
-    interleaved) and lies in the last block of a tiled file: one block read, not a row of
-    them (a row of a tiled file's blocks is most of an open's cost).
+    lazy computation. A GeoTIFF lists where each of its blocks lies: the file must reach the
+    end of the last of them, whichever block a short file cut (no pixel read). Any other
+    product's last pixel of its last band is read now: that pixel is the image's last bytes
+    in every raw layout (band, line or pixel interleaved) and lies in the last block of a
+    tiled file (one block read, not a row of them: a row of a tiled file's blocks is most of
+    an open's cost).
     """
     count, height, width = dataset.shape
+    end = data_end(path) if dataset.driver() == "GTiff" else None
+    if end is not None:
+        if end > size:
+            raise ProductRejected(
+                f"{path.name}: its {height} × {width} image's blocks run to byte {end}, past "
+                f"the file's {size} bytes (rule: the data file holds every line its label "
+                "declares)"
+            )
+        return
     try:
         dataset.read_into(np.empty((1, 1, 1), dtype=np.float64), [count], height - 1, width - 1)
     except GdalError:

@@ -19,7 +19,7 @@ import xarray as xr
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
 from lunarchive.processing import rasters
-from lunarchive.processing._tiff import geokeys
+from lunarchive.processing._tiff import data_end, geokeys
 from lunarchive.processing.gdal import Dataset
 from lunarchive.processing.rasters import (
     READ_CHUNK,
@@ -139,15 +139,31 @@ def test_a_band_interleaved_file_short_of_its_last_band_is_refused(tmp_path: Pat
         dst.write(_dn(2, 64, 70))
     with rasterio.open(path) as src:
         last_strip = int(src.get_tag_item("BLOCK_OFFSET_0_7", "TIFF", bidx=2))
+        band2_end = last_strip + int(src.get_tag_item("BLOCK_SIZE_0_7", "TIFF", bidx=2))
         band1_end = int(src.get_tag_item("BLOCK_OFFSET_0_7", "TIFF", bidx=1)) + int(
             src.get_tag_item("BLOCK_SIZE_0_7", "TIFF", bidx=1)
         )
-    assert band1_end <= last_strip < path.stat().st_size
+    assert band1_end <= last_strip < band2_end == path.stat().st_size
     path.write_bytes(path.read_bytes()[: last_strip + 100])  # band 2's last strip cut short
     with rasterio.open(path) as src:
         assert src.read(1).shape == (64, 70)  # band 1 still reads whole
-    with pytest.raises(ProductRejected, match=r"bsq\.tif: the last line of band 2 .*64 × 70"):
+    with pytest.raises(
+        ProductRejected, match=rf"bsq\.tif: its 64 × 70 image's blocks run to byte {band2_end}"
+    ) as refused:
         open_map(path)
+    assert refused.match(rf"past the file's {last_strip + 100} bytes \(rule: the data file")
+
+
+def test_a_sparse_geotiff_missing_its_last_blocks_is_complete(tmp_path: Path) -> None:
+    path = tmp_path / "sparse.tif"
+    dn = np.full((1, 600, 700), NODATA, dtype=np.int16)
+    dn[0, :100, :100] = 7  # only the first block holds data: the others are not stored
+    _write(path, dn, sparse_ok=True)
+    with rasterio.open(path) as src:
+        assert src.get_tag_item("BLOCK_OFFSET_2_2", "TIFF", bidx=1) is None  # not stored
+    heights = open_map(path).values
+    assert np.isnan(heights[100:, :]).all() and np.isnan(heights[:, 100:]).all()
+    assert (heights[:100, :100] == 7 * SCALES[0] + OFFSETS[0]).all()
 
 
 def test_a_rotated_grid_is_refused_naming_the_rule(tmp_path: Path) -> None:
@@ -267,6 +283,35 @@ def test_geotiff_keys_are_read_from_classic_and_big_tiffs_and_nothing_else(
     label = tmp_path / "label.lbl"
     label.write_text("PDS_VERSION_ID = PDS3\nEND\n", encoding="ascii")
     assert [geokeys(p) for p in (plain, truncated, label, tmp_path / "missing.tif")] == [None] * 4
+
+
+def _gdal_blocks_end(path: Path) -> int:
+    """The end of the last block of every band, as GDAL's TIFF metadata gives them."""
+    ends = [0]
+    with rasterio.open(path) as src:
+        for band in src.indexes:
+            (rows, cols) = src.block_shapes[band - 1]
+            for y in range(-(-src.height // rows)):
+                for x in range(-(-src.width // cols)):
+                    offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=band)
+                    size = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=band)
+                    if offset is not None:
+                        ends.append(int(offset) + int(size))
+    return max(ends)
+
+
+def test_where_a_tiff_s_blocks_end_is_read_from_its_tiles_or_strips(tmp_path: Path) -> None:
+    tiled, big, strips = tmp_path / "t.tif", tmp_path / "b.tif", tmp_path / "s.tif"
+    _write(tiled, _dn(2), compress="deflate")
+    _write(big, _dn(1), BIGTIFF="YES")
+    _write(strips, _dn(3), tiled=False, blockysize=16, interleave="band")
+    for path in (tiled, big, strips):
+        assert data_end(path) == _gdal_blocks_end(path) > 0
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(tiled.read_bytes()[:12])
+    label = tmp_path / "label.lbl"
+    label.write_text("PDS_VERSION_ID = PDS3\nEND\n", encoding="ascii")
+    assert [data_end(p) for p in (truncated, label, tmp_path / "missing.tif")] == [None] * 3
 
 
 @pytest.mark.parametrize("kind", ["DataArray", "Dataset"])
