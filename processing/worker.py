@@ -70,11 +70,11 @@ def _rehearse() -> None:
     A process's first build imports what it needs, looks xarray's and zarr's plug-ins up
     (chunk managers, backends, codecs), starts zarr's event-loop thread, and has GDAL and
     PROJ find each grid's CRS, its warp operation from the Moon's lon/lat and its poles in
-    their databases: 0.3 s the first time (measured), which would otherwise fall in the
-    serial set-up of the process's first tiles (in the cube benchmark, 45 of the 130 ms of
-    its two mosaics' set-up, measured). It adds ~20 MiB to the worker, which those tiles
-    would add. GDAL and PROJ keep part of this per thread: a worker's task thread that is
-    not this one still redoes that part on its first tile.
+    their databases: 0.23 s (measured), which would otherwise fall in the serial set-up of
+    the process's first tiles (in the cube benchmark, 45 of the 130 ms of its two mosaics'
+    set-up, measured). It adds ~28 MiB to the worker, most of which those tiles would add.
+    GDAL and PROJ keep part of this per thread: a worker's task thread that is not this one
+    still redoes that part on its first tile.
     """
     import tempfile
     from pathlib import Path
