@@ -117,7 +117,9 @@ def spawn_environ() -> dict[str, str]:
 
     Ours replace Dask's defaults, but an operator's own choice wins: a variable of
     :data:`SPAWN_ENV` already in this process's environment keeps its value, and so does one
-    set in Dask's ``pre-spawn-environ`` to other than Dask's default.
+    set in Dask's ``pre-spawn-environ``, unless the value is Dask's default (a Dask nanny
+    copies its pre-spawn environment into the environment of the process that made it, and
+    leaves it there: an earlier cluster's defaults are not an operator's choice).
     """
     import dask
     import distributed  # noqa: F401  (registers the distributed.* config defaults)
@@ -126,7 +128,10 @@ def spawn_environ() -> dict[str, str]:
     dask_own = _as_strings(dask.config.get(key_path, default={}))
     defaults = _as_strings(dask.config.get(key_path, {}, dask.config.merge(*dask.config.defaults)))
     chosen = {key: value for key, value in dask_own.items() if defaults.get(key) != value}
-    ours = {key: os.environ.get(key, value) for key, value in SPAWN_ENV.items()}
+    ours = dict(SPAWN_ENV)
+    for key in SPAWN_ENV:
+        if os.environ.get(key, defaults.get(key)) != defaults.get(key):
+            ours[key] = os.environ[key]  # set by the operator, not left by a nanny
     return {**dask_own, **ours, **chosen}
 
 
@@ -137,11 +142,24 @@ def _as_strings(environ: dict[str, Any] | None) -> dict[str, str]:
 @contextmanager
 def spawning_workers() -> Iterator[None]:
     """While inside, the worker processes Dask's nannies start get :func:`spawn_environ` (a
-    nanny reads it when it is made, and starts its worker, and any restart, with it)."""
+    nanny reads it when it is made, and starts its worker, and any restart, with it).
+
+    A nanny takes a variable from this process's environment over its configuration, so
+    :data:`SPAWN_ENV`'s are set there too while inside, and put back as they were after."""
     import dask
 
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_environ()}):
-        yield
+    environ = spawn_environ()
+    before = {key: os.environ.get(key) for key in SPAWN_ENV}
+    try:
+        os.environ.update({key: environ[key] for key in SPAWN_ENV})
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def dask_setup(worker: Any) -> None:

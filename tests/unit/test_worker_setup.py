@@ -5,6 +5,7 @@ build's start environment (SPAWN_ENV)."""
 from __future__ import annotations
 
 import gc
+import os
 import sys
 from typing import Any
 
@@ -34,11 +35,18 @@ def _state() -> tuple[int, bool, tuple[int, int], dict[str, str]]:
     return gc.get_freeze_count(), "lunarchive.processing.warp" in sys.modules, rehearsed, environ
 
 
-def test_the_flow_s_workers_import_rehearse_and_freeze_the_build_before_their_first_task() -> None:
+def test_the_flow_s_workers_import_rehearse_and_freeze_the_build_before_their_first_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What an earlier cluster's nanny leaves in this process's environment: Dask's defaults.
+    trim = "MALLOC_TRIM_THRESHOLD_"
+    left = str(dask.config.get(f"distributed.nanny.pre-spawn-environ.{trim}"))
+    monkeypatch.setenv(trim, left)
     runner = dask_task_runner(Settings(dask_workers=1))
     cluster_class: Any = runner.cluster_class
     with cluster_class(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
         ((frozen, imported, rehearsed, started_with),) = client.run(_state).values()
+        assert os.environ[trim] == left  # put back once the workers started
     assert SPAWN_ENV.items() <= started_with.items()
     assert started_with["OMP_NUM_THREADS"] == "1"  # the rest of Dask's pre-spawn environment
     assert imported
@@ -55,6 +63,8 @@ def test_ours_replace_dask_s_defaults_and_an_operator_s_own_start_environment_wi
     for key in (trim, mmap):
         monkeypatch.delenv(key, raising=False)
     assert spawn_environ()[trim] == SPAWN_ENV[trim]  # over Dask's default
+    monkeypatch.setenv(trim, str(dask_default))  # as an earlier cluster's nanny leaves it
+    assert spawn_environ()[trim] == SPAWN_ENV[trim]
     assert spawn_environ()[mmap] == SPAWN_ENV[mmap]
     assert spawn_environ()["OMP_NUM_THREADS"] == "1"  # Dask's others kept
     monkeypatch.setenv(mmap, "1048576")
