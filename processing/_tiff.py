@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -79,7 +80,7 @@ def _first_image(path: Path, tags: tuple[int, ...]) -> tuple[str, dict[int, _Ent
     try:
         with path.open("rb") as file:
             return _read_first_image(file, tags)
-    except (OSError, struct.error, ValueError):
+    except (OSError, struct.error, ValueError, OverflowError):
         return None
 
 
@@ -99,6 +100,7 @@ def _read_first_image(
         count_format, entry_format, entry_size, inline = "Q", "HHQQ", 20, 8
     else:
         return None
+    file_size = os.fstat(file.fileno()).st_size
     file.seek(first)
     count_size = struct.calcsize(count_format)
     (entries,) = struct.unpack(order + count_format, file.read(count_size))
@@ -113,6 +115,8 @@ def _read_first_image(
         size = _TYPE_BYTES.get(kind, 0) * count
         if size <= inline:  # the value is in the entry itself
             data = table[i * entry_size + entry_size - inline :][:size]
+        elif value + size > file_size:  # past the end: cut short, or a count no file holds
+            return None
         else:
             file.seek(value)
             data = file.read(size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +58,15 @@ def warm() -> None:
     """
     for name in _BUILD_MODULES:
         importlib.import_module(name)
-    _rehearse()
+    try:
+        _rehearse()
+    except Exception as exc:  # noqa: BLE001 - only a warm-up: tiles build without it
+        logging.getLogger(__name__).warning(
+            "the worker's rehearsal build failed (%s: %s); its first tiles pay for the "
+            "first lookups instead",
+            type(exc).__name__,
+            exc,
+        )
     gc.collect()  # the rehearsal's garbage, not to be frozen with the rest
     gc.freeze()
 
@@ -112,14 +121,15 @@ def _rehearse() -> None:
             xr.open_zarr(stores[0], consolidated=False).load()
 
 
-def spawn_environ() -> dict[str, str]:
+def spawn_environ() -> dict[str, str | None]:
     """Dask's pre-spawn environment for worker processes, with :data:`SPAWN_ENV` added.
 
-    Ours replace Dask's defaults, but an operator's own choice wins: a variable of
-    :data:`SPAWN_ENV` already in this process's environment keeps its value, and so does one
-    set in Dask's ``pre-spawn-environ``, unless the value is Dask's default (a Dask nanny
-    copies its pre-spawn environment into the environment of the process that made it, and
-    leaves it there: an earlier cluster's defaults are not an operator's choice).
+    Ours replace Dask's defaults, but an operator's own choice wins, in Dask's order: a
+    variable already in this process's environment, then one set in Dask's
+    ``pre-spawn-environ`` (``None`` there unsets it: it stays ``None`` here) -- unless the
+    value is Dask's default. A Dask nanny copies its pre-spawn environment into the
+    environment of the process that made it and leaves it there: an earlier cluster's
+    defaults are not an operator's choice.
     """
     import dask
     import distributed  # noqa: F401  (registers the distributed.* config defaults)
@@ -127,16 +137,17 @@ def spawn_environ() -> dict[str, str]:
     key_path = "distributed.nanny.pre-spawn-environ"
     dask_own = _as_strings(dask.config.get(key_path, default={}))
     defaults = _as_strings(dask.config.get(key_path, {}, dask.config.merge(*dask.config.defaults)))
-    chosen = {key: value for key, value in dask_own.items() if defaults.get(key) != value}
-    ours = dict(SPAWN_ENV)
-    for key in SPAWN_ENV:
-        if os.environ.get(key, defaults.get(key)) != defaults.get(key):
-            ours[key] = os.environ[key]  # set by the operator, not left by a nanny
-    return {**dask_own, **ours, **chosen}
+    chosen = {key: value for key, value in dask_own.items() if value != defaults.get(key)}
+    in_environ = {
+        key: os.environ[key]
+        for key in SPAWN_ENV.keys() | dask_own.keys()
+        if os.environ.get(key, defaults.get(key)) != defaults.get(key)
+    }
+    return {**dask_own, **SPAWN_ENV, **chosen, **in_environ}
 
 
-def _as_strings(environ: dict[str, Any] | None) -> dict[str, str]:
-    return {key: str(value) for key, value in (environ or {}).items()}
+def _as_strings(environ: dict[str, Any] | None) -> dict[str, str | None]:
+    return {key: None if value is None else str(value) for key, value in (environ or {}).items()}
 
 
 @contextmanager
@@ -145,21 +156,27 @@ def spawning_workers() -> Iterator[None]:
     nanny reads it when it is made, and starts its worker, and any restart, with it).
 
     A nanny takes a variable from this process's environment over its configuration, so
-    :data:`SPAWN_ENV`'s are set there too while inside, and put back as they were after."""
+    :data:`SPAWN_ENV`'s are set there too while inside (or removed, where unset), and put
+    back as they were after; a nanny that restarts its worker later sets them again, to the
+    same values."""
     import dask
 
     environ = spawn_environ()
     before = {key: os.environ.get(key) for key in SPAWN_ENV}
     try:
-        os.environ.update({key: environ[key] for key in SPAWN_ENV})
+        _set_environ({key: environ[key] for key in SPAWN_ENV})
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
             yield
     finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _set_environ(before)
+
+
+def _set_environ(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def dask_setup(worker: Any) -> None:

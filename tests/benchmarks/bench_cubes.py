@@ -468,7 +468,8 @@ def _child_environ() -> dict[str, str]:
     glibc's trim threshold and one BLAS thread, and the build's mmap threshold)."""
     from lunarchive.processing.worker import spawn_environ
 
-    return {**os.environ, **spawn_environ()}
+    environ = {**os.environ, **spawn_environ()}
+    return {key: value for key, value in environ.items() if value is not None}  # None: unset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from pathlib import Path
 
 import dask
@@ -302,16 +303,24 @@ def _gdal_blocks_end(path: Path) -> int:
 
 def test_where_a_tiff_s_blocks_end_is_read_from_its_tiles_or_strips(tmp_path: Path) -> None:
     tiled, big, strips = tmp_path / "t.tif", tmp_path / "b.tif", tmp_path / "s.tif"
+    motorola = tmp_path / "m.tif"
     _write(tiled, _dn(2), compress="deflate")
     _write(big, _dn(1), BIGTIFF="YES")
     _write(strips, _dn(3), tiled=False, blockysize=16, interleave="band")
-    for path in (tiled, big, strips):
+    _write(motorola, _dn(1), ENDIANNESS="BIG", BIGTIFF="YES")
+    for path in (tiled, big, strips, motorola):
         assert data_end(path) == _gdal_blocks_end(path) > 0
+    assert motorola.read_bytes()[:2] == b"MM"
     truncated = tmp_path / "truncated.tif"
     truncated.write_bytes(tiled.read_bytes()[:12])
     label = tmp_path / "label.lbl"
     label.write_text("PDS_VERSION_ID = PDS3\nEND\n", encoding="ascii")
     assert [data_end(p) for p in (truncated, label, tmp_path / "missing.tif")] == [None] * 3
+    # A directory entry claiming more values than any file holds (2**61 tile offsets).
+    hostile = tmp_path / "hostile.tif"
+    entry = struct.pack("<HHQQ", 324, 16, 2**61, 16)
+    hostile.write_bytes(struct.pack("<2sHHHQ", b"II", 43, 8, 0, 16) + struct.pack("<Q", 1) + entry)
+    assert data_end(hostile) is None and geokeys(hostile) is None
 
 
 @pytest.mark.parametrize("kind", ["DataArray", "Dataset"])

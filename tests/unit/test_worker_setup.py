@@ -15,8 +15,9 @@ from distributed import Client
 
 from lunarchive.flows._runtime import dask_task_runner
 from lunarchive.flows.settings import Settings
+from lunarchive.processing import worker
 from lunarchive.processing.grids import GRID_NAMES, named_grid
-from lunarchive.processing.worker import SPAWN_ENV, spawn_environ
+from lunarchive.processing.worker import SPAWN_ENV, spawn_environ, spawning_workers
 
 
 def _state() -> tuple[int, bool, tuple[int, int], dict[str, str]]:
@@ -67,9 +68,31 @@ def test_ours_replace_dask_s_defaults_and_an_operator_s_own_start_environment_wi
     assert spawn_environ()[trim] == SPAWN_ENV[trim]
     assert spawn_environ()[mmap] == SPAWN_ENV[mmap]
     assert spawn_environ()["OMP_NUM_THREADS"] == "1"  # Dask's others kept
-    monkeypatch.setenv(mmap, "1048576")
-    assert spawn_environ()[mmap] == "1048576"
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{mmap}": 2097152}):
         assert spawn_environ()[mmap] == "2097152"
+        monkeypatch.setenv(mmap, "1048576")  # the environment over the config, as in Dask
+        assert spawn_environ()[mmap] == "1048576"
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{trim}": 131072}):
         assert spawn_environ()[trim] == "131072"
+    with dask.config.set({f"distributed.nanny.pre-spawn-environ.{trim}": None}):
+        assert spawn_environ()[trim] is None  # unset by the operator: stays unset
+        with spawning_workers():
+            assert trim not in os.environ and os.environ[mmap] == "1048576"
+    assert os.environ[trim] == str(dask_default)  # put back as it was
+
+
+def test_a_worker_whose_rehearsal_fails_still_starts_frozen(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fails() -> None:
+        raise OSError("no temporary folder")
+
+    monkeypatch.setattr(worker, "_rehearse", fails)
+    frozen = gc.get_freeze_count()
+    try:
+        with caplog.at_level("WARNING", logger=worker.__name__):
+            worker.warm()
+        assert gc.get_freeze_count() > frozen
+    finally:
+        gc.unfreeze()
+    assert "rehearsal build failed (OSError: no temporary folder)" in caplog.text
