@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final
 
 import numpy as np
 
-__all__ = ["data_end", "geokeys"]
+__all__ = ["FirstImage", "data_end", "first_image", "geokeys"]
 
 _GEOKEY_TAGS: Final = (34735, 34736, 34737)  # GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams
 _TYPE_BYTES: Final = {
@@ -29,33 +30,58 @@ _TYPE_BYTES: Final = {
 """Bytes per value of each TIFF field type (BYTE … IFD8)."""
 _MAX_ENTRIES: Final = 4096  # more entries than any real first image has: not a TIFF
 _BLOCK_TAGS: Final = ((324, 325), (273, 279))  # TileOffsets/ByteCounts, StripOffsets/ByteCounts
+_BLOCK_TAG_NUMBERS: Final = tuple(tag for pair in _BLOCK_TAGS for tag in pair)
 _INTEGERS: Final = {3: "u2", 4: "u4", 16: "u8"}  # SHORT, LONG, LONG8: offsets and counts
 _Entry = tuple[int, int, bytes]  # field type, count, the value's bytes
 
 
-def geokeys(path: Path) -> bytes | None:
-    """The byte order and the GeoTIFF tags of ``path``'s first image, each with its type and
-    count; None when the file is not a TIFF, has no GeoKeyDirectory or cannot be parsed."""
-    found = _first_image(path, _GEOKEY_TAGS)
-    if found is None or _GEOKEY_TAGS[0] not in found[1]:
+@dataclass(frozen=True)
+class FirstImage:
+    """What one read of a TIFF's first image directory gives."""
+
+    geokeys: bytes | None
+    """The byte order and the GeoTIFF tags, each with its type and count; None without a
+    GeoKeyDirectory."""
+    data_end: int | None
+    """The byte just past the last stored block (tile or strip): the largest offset plus
+    byte count of the blocks (a block a sparse file leaves out has neither); None when the
+    block tags cannot be parsed."""
+
+
+def first_image(path: Path) -> FirstImage | None:
+    """:class:`FirstImage` of ``path``, from one read of its directory; None when the file
+    is not a TIFF or its directory cannot be parsed."""
+    found = _first_image(path, _GEOKEY_TAGS + _BLOCK_TAG_NUMBERS)
+    if found is None:
         return None
     order, entries = found
+    return FirstImage(_geokeys(order, entries), _data_end(order, entries))
+
+
+def geokeys(path: Path) -> bytes | None:
+    """:attr:`FirstImage.geokeys` of ``path``; None when it is not a TIFF."""
+    found = first_image(path)
+    return None if found is None else found.geokeys
+
+
+def data_end(path: Path) -> int | None:
+    """:attr:`FirstImage.data_end` of ``path``; None when it is not a TIFF."""
+    found = first_image(path)
+    return None if found is None else found.data_end
+
+
+def _geokeys(order: str, entries: dict[int, _Entry]) -> bytes | None:
+    if _GEOKEY_TAGS[0] not in entries:
+        return None
     tags = b"".join(
         struct.pack(">H", tag) + struct.pack(order + "HQ", kind, count) + data
         for tag, (kind, count, data) in sorted(entries.items())
+        if tag in _GEOKEY_TAGS
     )
     return {"<": b"II", ">": b"MM"}[order] + tags
 
 
-def data_end(path: Path) -> int | None:
-    """The byte just past the last stored block (tile or strip) of ``path``'s first image:
-    the largest offset plus byte count of its blocks (a block a sparse file leaves out has
-    neither); None when the file is not a TIFF or its block tags cannot be parsed."""
-    wanted = tuple(tag for pair in _BLOCK_TAGS for tag in pair)
-    found = _first_image(path, wanted)
-    if found is None:
-        return None
-    order, entries = found
+def _data_end(order: str, entries: dict[int, _Entry]) -> int | None:
     for offsets_tag, counts_tag in _BLOCK_TAGS:
         if offsets_tag in entries and counts_tag in entries:
             offsets = _integers(order, entries[offsets_tag])

@@ -39,6 +39,7 @@ __all__ = [
     "iau_code",
     "lunar_footprint",
     "moon_geographic",
+    "pole_points",
     "transformer",
 ]
 
@@ -265,18 +266,31 @@ def _enclosed_pole(crs: pyproj.CRS, bounds: BBox) -> float | None:
     such a grid is a band over all longitudes, not a cap.
     """
     left, bottom, right, top = bounds
-    to_crs = transformer(moon_geographic(), crs)
+    for pole, x, y in pole_points(crs):
+        if left < x < right and bottom < y < top:
+            return pole
+    return None
+
+
+def pole_points(crs: pyproj.CRS) -> tuple[tuple[float, float, float], ...]:
+    """Each pole (latitude ±90) that ``crs`` maps to one point, with that point's x and y
+    (polar and azimuthal projections; a cylindrical CRS maps a pole to a line). Found once
+    per CRS."""
+    return _pole_points_of_wkt(crs.to_wkt())
+
+
+@functools.lru_cache(maxsize=64)
+def _pole_points_of_wkt(wkt: str) -> tuple[tuple[float, float, float], ...]:
+    to_crs = transformer(moon_geographic(), crs_of_wkt(wkt))
     lons = np.array([-180.0, -90.0, 0.0, 90.0])
+    found = []
     for pole in (90.0, -90.0):
         xs, ys = to_crs.transform(lons, np.full_like(lons, pole), errcheck=False)
         points = np.column_stack([xs, ys])
-        if not np.isfinite(points).all():
-            continue
-        x, y = points.mean(axis=0)
-        spread = float(np.ptp(points, axis=0).max())
-        if spread <= _POLE_POINT_M and left < x < right and bottom < y < top:
-            return pole
-    return None
+        if np.isfinite(points).all() and float(np.ptp(points, axis=0).max()) <= _POLE_POINT_M:
+            x, y = points.mean(axis=0)
+            found.append((pole, float(x), float(y)))
+    return tuple(found)
 
 
 def _densified_ring(crs: pyproj.CRS, bounds: BBox) -> np.ndarray:

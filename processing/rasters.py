@@ -39,7 +39,7 @@ import rioxarray  # also registers the .rio accessor
 import xarray as xr
 from affine import Affine
 
-from lunarchive.processing._tiff import data_end, geokeys
+from lunarchive.processing._tiff import FirstImage, first_image
 from lunarchive.processing.crs import assert_lunar, crs_of_wkt
 from lunarchive.processing.gdal import DATA_TYPES, Dataset, GdalError
 from lunarchive.schemas.errors import ProductRejected
@@ -120,7 +120,8 @@ def open_raster(path: Path) -> Raster:
 
 
 def _inspect(dataset: Dataset, path: Path, stamp: tuple[int, int, int]) -> Raster:
-    crs_wkt = _crs_wkt(dataset, path) or None
+    tiff = first_image(path) if dataset.driver() == "GTiff" else None
+    crs_wkt = _crs_wkt(dataset, path, tiff) or None
     try:
         parsed: pyproj.CRS | str | None = crs_of_wkt(crs_wkt) if crs_wkt else None
     except pyproj.exceptions.CRSError:
@@ -140,7 +141,7 @@ def _inspect(dataset: Dataset, path: Path, stamp: tuple[int, int, int]) -> Raste
             f"{path.name}: band 1 stores {dtype} values (rule: a product's values are real "
             "numbers: integers or floating point)"
         )
-    _check_complete(dataset, path, stamp[1])
+    _check_complete(dataset, path, stamp[1], tiff)
     bands = [dataset.scale_offset_nodata(band) for band in range(1, count + 1)]
     return Raster(
         path=str(path),
@@ -330,18 +331,18 @@ class _Reader:
         return result
 
 
-def _crs_wkt(dataset: Dataset, path: Path) -> str:
+def _crs_wkt(dataset: Dataset, path: Path, tiff: FirstImage | None) -> str:
     """The file's CRS as GDAL gives it. For a GeoTIFF whose CRS comes from its GeoTIFF keys
     (no ``.aux.xml`` beside it, which GDAL would read first, and GDAL's default sources of
     georeferencing), the CRS GDAL built for an earlier file with the same keys
     (:mod:`lunarchive.processing._tiff`), when there was one: the tiles of a map share one,
     and GDAL would look it up in PROJ's database again for each, one file at a time."""
     from_keys = (
-        dataset.driver() == "GTiff"
+        tiff is not None
         and not _GEOREF_SETTINGS & os.environ.keys()
         and not Path(f"{path}.aux.xml").exists()
     )
-    keys = geokeys(path) if from_keys else None
+    keys = tiff.geokeys if from_keys and tiff is not None else None
     if keys is None:
         return dataset.crs_wkt()
     with _crs_lock:
@@ -362,8 +363,9 @@ _GEOREF_SETTINGS: Final = frozenset({"GDAL_GEOREF_SOURCES", "GDAL_PAM_PROXY_DIR"
 """GDAL settings that move where a GeoTIFF's CRS comes from: set, every file is asked."""
 
 
-def _check_complete(dataset: Dataset, path: Path, size: int) -> None:
-    """Refuse a data file shorter than its label declares (``size``: the file's bytes).
+def _check_complete(dataset: Dataset, path: Path, size: int, tiff: FirstImage | None) -> None:
+    """Refuse a data file shorter than its label declares (``size``: the file's bytes;
+    ``tiff``: its first image directory, when GDAL reads it as a GeoTIFF).
 
     GDAL opens such a product and fails only when the missing lines are read, deep in a
     lazy computation. A GeoTIFF lists where each of its blocks lies: the file must reach the
@@ -374,7 +376,7 @@ def _check_complete(dataset: Dataset, path: Path, size: int) -> None:
     an open's cost).
     """
     count, height, width = dataset.shape
-    end = data_end(path) if dataset.driver() == "GTiff" else None
+    end = tiff.data_end if tiff is not None else None
     if end is not None:
         if end > size:
             raise ProductRejected(

@@ -47,7 +47,7 @@ from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling  # type: ignore[import-untyped]
 
-from lunarchive.processing.crs import MOON_RADIUS_M, crs_of_wkt, moon_geographic, transformer
+from lunarchive.processing.crs import MOON_RADIUS_M, crs_of_wkt, pole_points, transformer
 from lunarchive.processing.gdal import warp_into
 from lunarchive.processing.rasters import file_reader
 
@@ -223,7 +223,7 @@ class _SourcePlan:
             affine=base @ Affine.translation(col0, row0),
             crs_wkt=_warp_crs(src_crs),
             to_source=to_source,
-            poles=_poles_in(dst_crs.to_wkt()),
+            poles=tuple((x, y) for _, x, y in pole_points(dst_crs)),
             scale=min(1.0, _pixel_m(src_crs, first.resolution) / dst_pixel_m),
             linear=_linear_map(to_source, geobox, abs(base.a)),
             wraps=math.isclose(turn, 360.0, rel_tol=0.0, abs_tol=abs(base.a) * _SNAP_PX),
@@ -555,20 +555,6 @@ def _centres(geobox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
     a = geobox.affine
     ny, nx = geobox.shape
     return a.f + a.e * (np.arange(ny) + 0.5), a.c + a.a * (np.arange(nx) + 0.5)
-
-
-@functools.lru_cache(maxsize=64)
-def _poles_in(wkt: str) -> tuple[tuple[float, float], ...]:
-    """Where the poles are in the CRS of ``wkt`` when each is one point there (polar
-    projections)."""
-    to_crs = transformer(moon_geographic(), crs_of_wkt(wkt))
-    found = []
-    for lat in (90.0, -90.0):
-        xs, ys = to_crs.transform([0.0, 90.0, 180.0], [lat] * 3, errcheck=False)
-        points = np.column_stack([xs, ys])
-        if np.isfinite(points).all() and np.ptp(points, axis=0).max() < 1e-3:
-            found.append((float(xs[0]), float(ys[0])))
-    return tuple(found)
 
 
 Window = tuple[int, int, int, int]  # row0, row1, col0, col1 (end exclusive)

@@ -23,11 +23,11 @@ from lunarchive.processing.worker import SPAWN_ENV, spawn_environ, spawning_work
 def _state() -> tuple[int, bool, tuple[int, int], dict[str, str]]:
     from xarray.namedarray.parallelcompat import list_chunkmanagers
 
-    from lunarchive.processing.warp import _poles_in
+    from lunarchive.processing.crs import _pole_points_of_wkt
 
     # The rehearsal wrote cubes: xarray's chunk managers are already looked up, and a warp
     # was planned onto each grid CRS (where its poles are: found once per CRS).
-    rehearsed = list_chunkmanagers.cache_info().currsize, _poles_in.cache_info().currsize
+    rehearsed = list_chunkmanagers.cache_info().currsize, _pole_points_of_wkt.cache_info().currsize
     # The environment the process was started with (os.environ may have changed since; what
     # glibc read at the first allocation is this).
     with open("/proc/self/environ", "rb") as started:
