@@ -18,6 +18,13 @@ from opening the inputs to the last byte written. Each tool builds the mosaics o
 other, as the issue's GDAL command lines do; ``--at-once`` builds them at once, a thread each
 (as the process flow builds a run's tiles).
 
+The scaling (lunarchive on ``--cores`` workers against one) comes with what the machine allows
+for it: in each round, ``--cores`` one-worker builds also run at once, each pinned to a core of
+its own, sharing nothing but the machine (memory, caches, the host). If N of them take k times
+as long as one alone, no N-worker build of the same work can be more than N / k times faster
+than one worker here. Each run also reports the CPU time the host took from its cores (steal,
+from ``/proc/stat``), the noise of a shared virtual machine that a wall time cannot show.
+
     python -m tests.benchmarks.bench_cubes --size-mb 288 --cores 2
 """
 
@@ -249,16 +256,19 @@ def child(
     memory_limit_mib: float | None = None,
     *,
     at_once: bool = False,
+    first_cpu: int = 0,
 ) -> None:
-    """One builder, pinned to ``cores`` CPUs; prints its wall times, its CPU time and the peak
-    memory of its process tree (RSS summed over the processes, sampled every 20 ms; and the
-    largest of any one process but this one) as JSON.
+    """One builder, pinned to ``cores`` CPUs (from the ``first_cpu``-th this process may use);
+    prints its wall times, its CPU time, the peak memory of its process tree (RSS summed over
+    the processes, sampled every 20 ms; and the largest of any one process but this one) and
+    the CPU time the host took from its CPUs (steal) as JSON.
 
     lunarchive runs on Dask threads (``threads``: one process, ``cores`` threads) or as the
     process flow does (``processes``: a ``LocalCluster`` of ``cores`` single-threaded worker
     processes, each with ``memory_limit_mib`` if given, started and warmed before the clock).
     """
-    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
+    cpus = set(sorted(os.sched_getaffinity(0))[first_cpu : first_cpu + cores])
+    os.sched_setaffinity(0, cpus)
     jobs = [Job(**j) for j in json.loads(jobs_file.read_text())]
     client = None
     if tool == "lunarchive":
@@ -313,6 +323,7 @@ def child(
         phases[job.name] = runner(job, out_dir / f"{job.name}.zarr", cores)
 
     monitor = _PeakMemory()
+    stolen = steal_seconds(cpus)
     start = time.perf_counter()
     if at_once:
         with ThreadPoolExecutor(len(jobs), thread_name_prefix="job") as jobs_pool:
@@ -321,6 +332,7 @@ def child(
         for job in jobs:
             run(job)
     wall = time.perf_counter() - start
+    stolen = steal_seconds(cpus) - stolen
     peak_mib = monitor.stop()
     if client is not None:
         client.close()
@@ -330,8 +342,23 @@ def child(
         "peak_mib": peak_mib,
         "worker_peak_mib": monitor.child_peak_mib,
         "cpu_seconds": monitor.cpu_seconds,
+        "steal_seconds": stolen,
     }
     print(json.dumps(result))
+
+
+def steal_seconds(cpus: set[int]) -> float:
+    """CPU time the hypervisor has given to other guests on ``cpus`` since boot (``steal``,
+    the eighth field of each CPU's line in ``/proc/stat``); 0 where the kernel reports none.
+    On a shared virtual machine it is the noise a wall time cannot see: a run whose CPUs
+    were taken from it for a while is slower by that while, whatever the code did."""
+    ticks = 0
+    with contextlib.suppress(OSError), open("/proc/stat") as stat:
+        for line in stat:
+            name, *fields = line.split()
+            if name[3:].isdigit() and name.startswith("cpu") and int(name[3:]) in cpus:
+                ticks += int(fields[7]) if len(fields) > 7 else 0
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class _PeakMemory:
@@ -449,17 +476,55 @@ def measure(
     *,
     at_once: bool = False,
 ) -> dict[str, Any]:
+    command = _child_command(tool, jobs_file, out_dir, cores, scheduler, at_once=at_once)
+    if memory_limit_mib:
+        command += ["--memory-limit-mib", str(memory_limit_mib)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=_child_environ())
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure_copies(
+    copies: int, jobs_file: Path, out_dir: Path, scheduler: str, *, at_once: bool
+) -> dict[str, Any]:
+    """``copies`` one-worker lunarchive builds at once, each pinned to a CPU of its own and
+    writing its own outputs: the machine's ceiling for ``copies`` workers on this work (no
+    set-up, no scheduling, nothing shared but the machine: its memory, caches and host).
+    The wall is the mean of the copies' walls; the steal is their sum."""
+    children = [
+        subprocess.Popen(
+            _child_command("lunarchive", jobs_file, out_dir / str(i), 1, scheduler, at_once=at_once)
+            + ["--first-cpu", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_child_environ(),
+        )
+        for i in range(copies)
+    ]
+    results = []
+    for child_process in children:
+        out, err = child_process.communicate()
+        if child_process.returncode:
+            raise subprocess.CalledProcessError(
+                child_process.returncode, child_process.args, out, err
+            )
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return {
+        "wall": statistics.mean(r["wall"] for r in results),
+        "walls": [r["wall"] for r in results],
+        "steal_seconds": sum(r["steal_seconds"] for r in results),
+    }
+
+
+def _child_command(
+    tool: str, jobs_file: Path, out_dir: Path, cores: int, scheduler: str, *, at_once: bool
+) -> list[str]:
     out_dir.mkdir(parents=True)
     command = [sys.executable, "-m", "tests.benchmarks.bench_cubes", "--child", tool,
                "--jobs", str(jobs_file), "--out", str(out_dir), "--cores", str(cores),
                "--scheduler", scheduler]  # fmt: skip
-    if memory_limit_mib:
-        command += ["--memory-limit-mib", str(memory_limit_mib)]
-    if at_once:
-        command.append("--at-once")
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env=_child_environ())
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return command + (["--at-once"] if at_once else [])
 
 
 def _child_environ() -> dict[str, str]:
@@ -480,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=3,
+        default=5,
         help="runs of each tool, interleaved; each reports its best wall time (the shared "
         "machine's noise only ever adds time) and its highest peak memory",
     )
@@ -502,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", choices=["lunarchive", "gdal"], help=argparse.SUPPRESS)
     parser.add_argument("--jobs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--first-cpu", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(
@@ -512,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
             args.scheduler,
             args.memory_limit_mib,
             at_once=args.at_once,
+            first_cpu=args.first_cpu,
         )
         return 0
     root = args.keep or Path(tempfile.mkdtemp(prefix="lunarchive-bench-"))
@@ -541,6 +608,7 @@ def _run(
     jobs_file.write_text(json.dumps([job.__dict__ for job in jobs]))
     plan = [("gdal", cores), ("lunarchive", cores)] + ([("lunarchive-1", 1)] if cores > 1 else [])
     tries: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in plan}
+    copies: list[dict[str, Any]] = []  # the machine's ceiling (cores > 1)
     for attempt in range(repeats):
         for name, n in plan:
             out = root / f"{name}-{attempt}"
@@ -550,12 +618,21 @@ def _run(
                 shutil.rmtree(out)
             else:
                 out.rename(root / name)  # the last outputs are checked
+        if cores > 1:
+            out = root / f"copies-{attempt}"  # lunarchive-1's code: its outputs stand for these
+            copies.append(measure_copies(cores, jobs_file, out, scheduler, at_once=at_once))
+            shutil.rmtree(out)
     runs = {name: _best(results) for name, results in tries.items()}
     for name, results in tries.items():
         walls = ", ".join(f"{r['wall']:.2f}" for r in results)
-        print(f"{name}: wall s of each run {walls}")
+        stolen = ", ".join(f"{r['steal_seconds']:.2f}" for r in results)
+        print(f"{name}: wall s of each run {walls}; CPU s the host took (steal) {stolen}")
         if name != "gdal":
             print(f"  phases of its best run, s: {_phases(runs[name])}")
+    if copies:
+        walls = "; ".join(", ".join(f"{w:.2f}" for w in c["walls"]) for c in copies)
+        stolen = ", ".join(f"{c['steal_seconds']:.2f}" for c in copies)
+        print(f"lunarchive-1 x {cores} at once: wall s of each {walls}; steal {stolen}")
     mib = input_bytes / 1024**2
     print(f"\nload average (1, 5, 15 min) at the end: {' '.join(map(str, os.getloadavg()))}")
     print(
@@ -602,6 +679,22 @@ def _run(
             + ", ".join(f"{r:.2f}" for r in rounds)
             + f" (median {statistics.median(rounds):.2f}); CPU s of the best runs, "
             f"{cores} workers / 1: {ours['cpu_seconds'] / one['cpu_seconds']:.2f}x"
+        )
+        # What the machine allows: N one-worker builds at once, each on its own core, finish
+        # N builds in the time each takes; one worker does one in its time alone.
+        ceilings = [
+            cores * single["wall"] / together["wall"]
+            for single, together in zip(tries["lunarchive-1"], copies, strict=True)
+        ]
+        shares = [r / c for r, c in zip(rounds, ceilings, strict=True)]
+        print(
+            f"  the machine's ceiling: {cores} one-worker builds at once, each on a core of "
+            "its own, took "
+            + ", ".join(f"{cores / c:.2f}" for c in ceilings)
+            + f" x as long as one alone, round by round: no {cores}-worker build of this work "
+            f"can be more than {statistics.median(ceilings):.2f}x faster than one worker here "
+            f"(median); lunarchive reached {statistics.median(shares):.0%} of that (median "
+            "of the rounds)"
         )
     if failures:
         print("\nFAILED against the known surface:\n  " + "\n  ".join(failures))
