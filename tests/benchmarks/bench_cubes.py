@@ -487,29 +487,33 @@ def measure(
 def measure_copies(
     copies: int, jobs_file: Path, out_dir: Path, scheduler: str, *, at_once: bool
 ) -> dict[str, Any]:
-    """``copies`` one-worker lunarchive builds at once, each pinned to a CPU of its own and
-    writing its own outputs: the machine's ceiling for ``copies`` workers on this work (no
-    set-up, no scheduling, nothing shared but the machine: its memory, caches and host).
-    The wall is the mean of the copies' walls; the steal is their sum."""
-    children = [
-        subprocess.Popen(
-            _child_command("lunarchive", jobs_file, out_dir / str(i), 1, scheduler, at_once=at_once)
-            + ["--first-cpu", str(i)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=_child_environ(),
-        )
-        for i in range(copies)
-    ]
-    results = []
-    for child_process in children:
-        out, err = child_process.communicate()
-        if child_process.returncode:
-            raise subprocess.CalledProcessError(
-                child_process.returncode, child_process.args, out, err
+    """``copies`` one-worker lunarchive builds at once, each a whole build of its own, pinned
+    to a CPU of its own and writing its own outputs: they share nothing but the machine (its
+    memory, caches and host), so how much slower each runs than one alone is the machine's
+    part of any ``copies``-worker build's loss. The wall is the mean of the copies' walls;
+    the steal is their sum."""
+    with contextlib.ExitStack() as stack:
+        children = []
+        for i in range(copies):
+            command = _child_command(
+                "lunarchive", jobs_file, out_dir / str(i), 1, scheduler, at_once=at_once
             )
-        results.append(json.loads(out.strip().splitlines()[-1]))
+            # Files, not pipes: a child blocked on a full pipe would stall the measurement.
+            out, err = (stack.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
+            child_process = subprocess.Popen(
+                [*command, "--first-cpu", str(i)], stdout=out, stderr=err, env=_child_environ()
+            )
+            stack.callback(child_process.kill)  # a no-op once it has exited
+            children.append((child_process, out, err))
+        results = []
+        for child_process, out, err in children:
+            if child_process.wait():
+                err.seek(0)
+                raise subprocess.CalledProcessError(
+                    child_process.returncode, child_process.args, stderr=err.read()
+                )
+            out.seek(0)
+            results.append(json.loads(out.read().strip().splitlines()[-1]))
     return {
         "wall": statistics.mean(r["wall"] for r in results),
         "walls": [r["wall"] for r in results],
