@@ -1,12 +1,14 @@
 """What a TIFF file's first image directory says, read without GDAL and without pixels.
 
-* :func:`geokeys`: the GeoTIFF keys, as raw bytes: what GDAL builds a GeoTIFF's CRS from.
+:func:`first_image` reads the directory once and gives (:class:`FirstImage`):
+
+* ``geokeys``: the GeoTIFF keys, as raw bytes: what GDAL builds a GeoTIFF's CRS from.
   GDAL builds a lunar GeoTIFF's CRS by looking its citation (``IAU_2015:30100``) up in PROJ's
   database: 5 to 10 ms a file, serialised inside GDAL and PROJ (threads building at once gain
   nothing, measured), and the same work again for every tile of a map. Two files whose
   GeoTIFF keys are the same bytes get the same CRS from GDAL, so the keys identify a CRS
   already built.
-* :func:`data_end`: where the image's last stored block ends, from its tile or strip offsets
+* ``data_end``: where the image's last stored block ends, from its tile or strip offsets
   and byte counts: a file shorter than that is cut short, whichever block it cut.
 """
 
@@ -20,7 +22,7 @@ from typing import BinaryIO, Final
 
 import numpy as np
 
-__all__ = ["FirstImage", "data_end", "first_image", "geokeys"]
+__all__ = ["FirstImage", "first_image"]
 
 _GEOKEY_TAGS: Final = (34735, 34736, 34737)  # GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams
 _TYPE_BYTES: Final = {
@@ -56,18 +58,6 @@ def first_image(path: Path) -> FirstImage | None:
         return None
     order, entries = found
     return FirstImage(_geokeys(order, entries), _data_end(order, entries))
-
-
-def geokeys(path: Path) -> bytes | None:
-    """:attr:`FirstImage.geokeys` of ``path``; None when it is not a TIFF."""
-    found = first_image(path)
-    return None if found is None else found.geokeys
-
-
-def data_end(path: Path) -> int | None:
-    """:attr:`FirstImage.data_end` of ``path``; None when it is not a TIFF."""
-    found = first_image(path)
-    return None if found is None else found.data_end
 
 
 def _geokeys(order: str, entries: dict[int, _Entry]) -> bytes | None:

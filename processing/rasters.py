@@ -337,12 +337,13 @@ def _crs_wkt(dataset: Dataset, path: Path, tiff: FirstImage | None) -> str:
     georeferencing), the CRS GDAL built for an earlier file with the same keys
     (:mod:`lunarchive.processing._tiff`), when there was one: the tiles of a map share one,
     and GDAL would look it up in PROJ's database again for each, one file at a time."""
-    from_keys = (
+    keys = None
+    if (
         tiff is not None
         and not _GEOREF_SETTINGS & os.environ.keys()
         and not Path(f"{path}.aux.xml").exists()
-    )
-    keys = tiff.geokeys if from_keys and tiff is not None else None
+    ):
+        keys = tiff.geokeys
     if keys is None:
         return dataset.crs_wkt()
     with _crs_lock:

@@ -480,8 +480,7 @@ def measure(
     if memory_limit_mib:
         command += ["--memory-limit-mib", str(memory_limit_mib)]
     done = subprocess.run(command, check=True, capture_output=True, text=True, env=_child_environ())
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return _child_result(done.stdout)
 
 
 def measure_copies(
@@ -513,12 +512,18 @@ def measure_copies(
                     child_process.returncode, child_process.args, stderr=err.read()
                 )
             out.seek(0)
-            results.append(json.loads(out.read().strip().splitlines()[-1]))
+            results.append(_child_result(out.read()))
     return {
         "wall": statistics.mean(r["wall"] for r in results),
         "walls": [r["wall"] for r in results],
         "steal_seconds": sum(r["steal_seconds"] for r in results),
     }
+
+
+def _child_result(stdout: str) -> dict[str, Any]:
+    """What a child printed last: its measurements, as JSON."""
+    result: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    return result
 
 
 def _child_command(

@@ -20,7 +20,7 @@ import xarray as xr
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
 
 from lunarchive.processing import rasters
-from lunarchive.processing._tiff import data_end, geokeys
+from lunarchive.processing._tiff import first_image
 from lunarchive.processing.gdal import Dataset
 from lunarchive.processing.rasters import (
     READ_CHUNK,
@@ -35,6 +35,18 @@ from lunarchive.schemas.errors import ProductRejected
 NODATA = -32768
 SCALES = (0.5, 2.0, 0.25)
 OFFSETS = (10.0, -3.0, 0.0)
+
+
+def geokeys(path: Path) -> bytes | None:
+    """The GeoTIFF keys of ``path``'s first image; None when it is not a TIFF."""
+    found = first_image(path)
+    return None if found is None else found.geokeys
+
+
+def data_end(path: Path) -> int | None:
+    """Where the blocks of ``path``'s first image end; None when it is not a TIFF."""
+    found = first_image(path)
+    return None if found is None else found.data_end
 
 
 def _write(path: Path, dn: np.ndarray, *, block: int = 256, **extra: object) -> None:
