@@ -29,6 +29,7 @@ import dask.array
 import numpy as np
 import xarray as xr
 import zarr
+from dask.delayed import delayed as dask_delayed
 from zarr.abc.store import Store
 from zarr.codecs import ZstdCodec
 
@@ -53,6 +54,7 @@ __all__ = [
 
 # dask's functions carry no annotations, which mypy --strict refuses to call: typed as Any.
 da: Any = dask.array
+_delayed: Any = dask_delayed
 
 ZSTD_LEVEL: Final = 3
 CHUNK_BUDGET_BYTES: Final = 16 * 1024**2  # one chunk, all bands: a pixel's spectrum in one read
@@ -166,15 +168,33 @@ def _write_level(ds: xr.Dataset, store: Store, *, group: str | None, shard: bool
     }
     if layout.shards:
         encoding["shards"] = layout.shards
-    with zarr.config.set(WRITE_PIPELINE):
-        prepared.to_zarr(
+    values = prepared[variable].data
+    # xarray writes the level's metadata and coordinates, but from a task of the graph that
+    # computes the chunks: the chunks' writes wait for it, their warps do not, so on more
+    # than one thread the level's serial set-up runs beside the first warps. The task gets
+    # the level with a placeholder for the variable, and every other array (coordinates:
+    # small) in memory, so that xarray writes them all there and defers only the placeholder.
+    template = prepared.copy()
+    template[variable] = template[variable].copy(data=da.empty_like(values))
+    for name, other in template.variables.items():
+        if name != variable:
+            other.load()
+    path = variable if group is None else f"{group}/{variable}"
+
+    def create() -> zarr.Array[Any]:
+        template.to_zarr(
             store,
             group=group,
             mode="w-",
             zarr_format=3,
             consolidated=False,
             encoding={variable: encoding},
+            compute=False,  # the placeholder's chunks: not written
         )
+        return zarr.open_array(store, path=path, mode="r+", zarr_format=3)
+
+    with zarr.config.set(WRITE_PIPELINE):
+        da.store(values, _delayed(create, pure=False)(), lock=False)
 
 
 def _write_chunks(

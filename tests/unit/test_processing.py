@@ -24,6 +24,7 @@ import xarray as xr
 import zarr
 import zarr.storage
 from rasterio.transform import from_origin  # type: ignore[import-untyped]
+from zarr.codecs import ZstdCodec
 
 from lunarchive.processing import crs as crs_module
 from lunarchive.processing.crs import (
@@ -33,10 +34,10 @@ from lunarchive.processing.crs import (
     lunar_footprint,
     moon_geographic,
 )
-from lunarchive.processing.cube import build_cube
+from lunarchive.processing.cube import build_cube, prepare_for_zarr
 from lunarchive.processing.demo_archive import demo_heights_dn, write_demo_archive
 from lunarchive.processing.grids import named_grid
-from lunarchive.processing.pyramid import write_tile
+from lunarchive.processing.pyramid import ZSTD_LEVEL, write_tile
 from lunarchive.processing.readers import open_dem
 from lunarchive.processing.tiles import Layer, build_tile
 from lunarchive.schemas.errors import ProductRejected
@@ -391,6 +392,35 @@ def test_cube_store_is_zarr_v3_with_zstd_and_512_chunks(written_cube: Path) -> N
         "c/2/3",
         "c/3/3",
     ]
+
+
+def test_write_tile_stores_what_xarray_s_to_zarr_stores(
+    demo_cube: xr.Dataset, written_cube: Path, tmp_path: Path
+) -> None:
+    """write_tile has xarray write the metadata and coordinates from a task of the chunks'
+    graph: the store is the one xarray's own to_zarr makes, document for document and
+    chunk for chunk."""
+    direct = tmp_path / "direct.zarr"
+    encoding = {"chunks": (512, 512), "compressors": (ZstdCodec(level=ZSTD_LEVEL),)}
+    prepare_for_zarr(demo_cube).to_zarr(
+        direct, mode="w-", zarr_format=3, consolidated=False, encoding={"height": encoding}
+    )
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    ours, theirs = files(written_cube), files(direct)
+    assert sorted(ours) == sorted(theirs)
+    assert "spatial_ref/zarr.json" in ours and "x/c/0" in ours and "height/c/2/3" in ours
+    for name, data in ours.items():
+        if name.endswith("zarr.json"):
+            document = json.loads(data)
+            if name == "zarr.json":  # write_tile adds the multiscales description at the end
+                assert document["attributes"].pop("multiscales")["layout"][0]["asset"] == "height"
+                del document["attributes"]["zarr_conventions"]
+            assert document == json.loads(theirs[name]), name
+        else:
+            assert data == theirs[name], name
 
 
 @pytest.mark.parametrize("form", ["folder", "subdataset"])
