@@ -102,7 +102,13 @@ def crs_of_wkt(wkt: str) -> pyproj.CRS:
 
 
 def _as_crs(crs: CrsLike) -> pyproj.CRS:
-    return pyproj.CRS.from_user_input(crs)
+    """``crs`` as pyproj's CRS: a WKT, or an object that gives one (rasterio's CRS, as
+    ``.rio.crs`` returns it), parsed once per distinct WKT."""
+    if isinstance(crs, pyproj.CRS):
+        return crs
+    if not isinstance(crs, str):
+        return crs_of_wkt(crs.to_wkt())
+    return pyproj.CRS.from_user_input(crs)  # a code, a PROJ string or a WKT
 
 
 def assert_lunar(crs: CrsLike | None, *, where: str) -> pyproj.CRS:
