@@ -164,10 +164,16 @@ def generate(folder: Path, size_mb: float) -> tuple[list[Job], int]:
 
 
 def run_lunarchive(job: Job, out: Path, workers: int) -> dict[str, float]:
-    """Build ``job``; return the seconds of each phase: opening the inputs and planning run
-    on one thread whatever ``workers`` is, building (warp, encode, write) on all of them."""
+    """Build ``job``; return the seconds of each phase. Opening the inputs, planning and
+    writing the store's metadata run on one thread whatever ``workers`` is; the chunks (warp,
+    encode, write) on all of them. On Dask's local schedulers the write is split where its
+    first chunk task starts (``setup``: metadata and graph; ``chunks``: the rest); on a
+    cluster it is one phase (``build``)."""
+    import threading
+
     import zarr.storage
     from affine import Affine
+    from dask.callbacks import Callback
     from odc.geo.geobox import GeoBox
 
     from lunarchive.processing.cube import build_cube
@@ -183,9 +189,20 @@ def run_lunarchive(job: Job, out: Path, workers: int) -> dict[str, float]:
     opened = time.perf_counter()
     cube = build_cube(mosaic_onto(layers, geobox, resampling="bilinear"), name="height")
     planned = time.perf_counter()
-    write_tile(cube, zarr.storage.LocalStore(out), overviews=False)  # on the current client
+    first: list[float] = []
+    here = threading.get_ident()  # the local scheduler calls back on the thread computing
+
+    def pretask(*_: Any) -> None:  # the first task of this job's graph (not another job's)
+        if not first and threading.get_ident() == here:
+            first.append(time.perf_counter())
+
+    with Callback(pretask=pretask):
+        write_tile(cube, zarr.storage.LocalStore(out), overviews=False)  # on the current client
     built = time.perf_counter()
-    return {"open": opened - start, "plan": planned - opened, "build": built - planned}
+    phases = {"open": opened - start, "plan": planned - opened}
+    if not first:
+        return phases | {"build": built - planned}
+    return phases | {"setup": first[0] - planned, "chunks": built - first[0]}
 
 
 def run_gdal(job: Job, out: Path, workers: int) -> None:
@@ -689,6 +706,17 @@ def _run(
             + f" (median {statistics.median(rounds):.2f}); CPU s of the best runs, "
             f"{cores} workers / 1: {ours['cpu_seconds'] / one['cpu_seconds']:.2f}x"
         )
+        serial_n, serial_1 = _serial_seconds(ours), _serial_seconds(one)
+        if serial_n is not None and serial_1 is not None and not at_once:
+            # Amdahl: the serial set-up does not shrink with workers; the rest at best by N.
+            parallel = (one["wall"] - serial_1) / (ours["wall"] - serial_n)
+            bound = one["wall"] / (serial_n + (one["wall"] - serial_1) / cores)
+            print(
+                f"  serial set-up of the best runs (opening, planning, the store's metadata "
+                f"until the first chunk task), s: {cores} workers {serial_n:.2f}, 1 worker "
+                f"{serial_1:.2f}; the rest ran {parallel:.2f}x faster on {cores} workers; "
+                f"were it {cores}x, {cores} workers would be {bound:.2f}x faster than one"
+            )
         # What the machine allows: N one-worker builds at once, each on its own core, finish
         # N builds in the time each takes; one worker does one in its time alone.
         ceilings = [
@@ -717,6 +745,15 @@ def _phases(run: dict[str, Any]) -> str:
         f"{job} " + " / ".join(f"{name} {s:.2f}" for name, s in phases.items())
         for job, phases in run["phases"].items()
     )
+
+
+def _serial_seconds(run: dict[str, Any]) -> float | None:
+    """The seconds of a run spent before each job's first chunk task (on one thread), or
+    None where the run could not tell (on a cluster)."""
+    jobs = run["phases"].values()
+    if not all("setup" in phases for phases in jobs):
+        return None
+    return sum(phases["open"] + phases["plan"] + phases["setup"] for phases in jobs)
 
 
 def _best(results: list[dict[str, Any]]) -> dict[str, Any]:
