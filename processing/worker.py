@@ -10,6 +10,7 @@ import gc
 import importlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
@@ -38,6 +39,7 @@ keep such buffers in the heap, as glibc's own adjustment would: on the cube benc
 mmap threshold alone made the build 8-12 % faster on two threads and one, and the trim
 threshold another 7 %, for 10-25 MiB more peak (measured). Memory freed beyond 32 MiB at
 the top of the heap is still returned."""
+_spawning: Final = threading.Lock()  # spawning_workers: one thread inside at a time
 _BUILD_MODULES: Final = (
     "lunarchive.processing.pyramid",
     "lunarchive.processing.quicklook",
@@ -158,17 +160,20 @@ def spawning_workers() -> Iterator[None]:
     A nanny takes a variable from this process's environment over its configuration, so
     :data:`SPAWN_ENV`'s are set there too while inside (or removed, where unset), and put
     back as they were after; a nanny that restarts its worker later sets them again, to the
-    same values."""
+    same values. One thread at a time is inside (the environment and Dask's configuration
+    are the process's: two threads starting clusters at once would each put back what the
+    other set)."""
     import dask
 
-    environ = spawn_environ()
-    before = {key: os.environ.get(key) for key in SPAWN_ENV}
-    try:
-        _set_environ({key: environ[key] for key in SPAWN_ENV})
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            yield
-    finally:
-        _set_environ(before)
+    with _spawning:
+        environ = spawn_environ()
+        before = {key: os.environ.get(key) for key in SPAWN_ENV}
+        try:
+            _set_environ({key: environ[key] for key in SPAWN_ENV})
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                yield
+        finally:
+            _set_environ(before)
 
 
 def _set_environ(values: dict[str, str | None]) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import threading
+import time
 from typing import Any
 
 import dask
@@ -79,6 +81,42 @@ def test_ours_replace_dask_s_defaults_and_an_operator_s_own_start_environment_wi
         with spawning_workers():
             assert trim not in os.environ and os.environ[mmap] == "1048576"
     assert os.environ[trim] == str(dask_default)  # put back as it was
+
+
+def test_two_threads_starting_clusters_at_once_leave_the_environment_as_it_was(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    mmap = "MALLOC_MMAP_THRESHOLD_"
+    monkeypatch.delenv(mmap, raising=False)  # ours is set only while inside
+    first_inside, second_tried, first_left = (threading.Event() for _ in range(3))
+    inside, most_inside, lock = [0], [0], threading.Lock()
+
+    def start(first: bool) -> None:
+        if not first:
+            first_inside.wait(10)
+            second_tried.set()
+        with spawning_workers():
+            with lock:
+                inside[0] += 1
+                most_inside[0] = max(most_inside[0], inside[0])
+            if first:
+                first_inside.set()
+                second_tried.wait(10)  # the second thread is now at the door
+                time.sleep(0.2)  # and would be inside by now, were the door open
+            else:
+                first_left.wait(10)  # leaves after the first, as a slower start would
+            with lock:
+                inside[0] -= 1
+        if first:
+            first_left.set()
+
+    threads = [threading.Thread(target=start, args=(first,)) for first in (True, False)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert most_inside[0] == 1  # one at a time
+    assert mmap not in os.environ  # each put back what it found, in turn
 
 
 def test_a_worker_whose_rehearsal_fails_still_starts_frozen(
