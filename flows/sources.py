@@ -551,6 +551,10 @@ class Fetcher:
                     try:
                         for block in _limited(response, self.policy.max_bytes - start, url):
                             out.write(block)
+                            # On disk before the next read: a transfer that stalls, or a
+                            # process killed while it waits, leaves every byte it received
+                            # for the next attempt's Range (not up to 8 KiB in a buffer).
+                            out.flush()
                     except httpx.TransportError as exc:
                         raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
 
