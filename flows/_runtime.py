@@ -15,7 +15,6 @@ from prefect_dask.task_runners import DaskTaskRunner
 from lunarchive.catalog.quarantine import quarantine
 from lunarchive.catalog.store import Store, open_store
 from lunarchive.flows.settings import Settings, s3_options
-from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
 from lunarchive.processing.readers import GDAL_CACHE_MIB
 from lunarchive.processing.worker import PRELOAD, spawning_workers
 from lunarchive.schemas.errors import QUARANTINE, RETRY, decision_for
@@ -60,12 +59,10 @@ def dask_task_runner(settings: Settings) -> DaskTaskRunner:
             # each worker imports the build's modules and freezes them for the garbage
             # collector before its first task (processing.worker)
             "preload": [PRELOAD],
-            "env": {
-                # a bounded GDAL block cache for the warp tasks' reads (GDAL_CACHE_MIB)
-                "GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MIB)),
-                # zarr's synchronous codec pipeline for tile writes (pyramid.WRITE_PIPELINE)
-                **WRITE_PIPELINE_ENV,
-            },
+            # a bounded GDAL block cache for the warp tasks' reads (GDAL_CACHE_MIB); what
+            # must be there when a worker starts (zarr's write pipeline, glibc's
+            # thresholds) is local_cluster's pre-spawn environment (worker.SPAWN_ENV)
+            "env": {"GDAL_CACHEMAX": os.environ.get("GDAL_CACHEMAX", str(GDAL_CACHE_MIB))},
         },
     )
 

@@ -15,17 +15,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
+from lunarchive.processing.pyramid import WRITE_PIPELINE_ENV
+
 __all__ = ["PRELOAD", "SPAWN_ENV", "dask_setup", "spawn_environ", "spawning_workers", "warm"]
 
 PRELOAD: Final = __name__
 """This module's name, as Dask's ``preload`` option takes it."""
 _HEAP_MIB: Final = 32  # glibc's own ceiling for its dynamic mmap threshold (64-bit)
-SPAWN_ENV: Final = {
+_MALLOC_ENV: Final = {
     "MALLOC_MMAP_THRESHOLD_": str(_HEAP_MIB * 2**20),
     "MALLOC_TRIM_THRESHOLD_": str(_HEAP_MIB * 2**20),
 }
-"""What a worker process must start with (glibc reads it at the process's first allocation,
-so setting it later does nothing); it replaces Dask's default trim threshold.
+"""glibc's thresholds for a worker (it reads them at the process's first allocation); they
+replace Dask's default trim threshold.
 
 By default glibc serves a large buffer with ``mmap`` and, once one is freed, raises its mmap
 threshold (up to 32 MiB) and its trim threshold (to twice that) so that buffers of that size
@@ -39,6 +41,14 @@ keep such buffers in the heap, as glibc's own adjustment would: on the cube benc
 mmap threshold alone made the build 8-12 % faster on two threads and one, and the trim
 threshold another 7 %, for 10-25 MiB more peak (measured). Memory freed beyond 32 MiB at
 the top of the heap is still returned."""
+SPAWN_ENV: Final = {**_MALLOC_ENV, **WRITE_PIPELINE_ENV}
+"""What a worker process must start with, because it is read before Dask could set it:
+glibc's thresholds (:data:`_MALLOC_ENV`) and zarr's write pipeline
+(:data:`~lunarchive.processing.pyramid.WRITE_PIPELINE_ENV`). zarr reads its configuration
+from the environment once, when it is imported, and a worker process started by ``spawn``
+imports its parent's main module before a nanny applies its ``env``: a ``lunarchive``
+command's imports include zarr, so a pipeline given there was never seen (the flow's workers
+wrote with zarr's default pipeline and a thread pool per CPU behind each task)."""
 _spawning: Final = threading.Lock()  # spawning_workers: one thread inside at a time
 _BUILD_MODULES: Final = (
     "lunarchive.processing.pyramid",

@@ -556,7 +556,8 @@ def _child_command(
 def _child_environ() -> dict[str, str]:
     """Both tools' processes start with the environment every worker process of the process
     flow starts with (``processing.worker.spawn_environ``: Dask's pre-spawn environment, with
-    glibc's trim threshold and one BLAS thread, and the build's mmap threshold)."""
+    glibc's trim threshold and one BLAS thread, and the build's mmap threshold and zarr write
+    pipeline)."""
     from lunarchive.processing.worker import spawn_environ
 
     environ = {**os.environ, **spawn_environ()}

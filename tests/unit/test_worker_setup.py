@@ -5,10 +5,13 @@ build's start environment (SPAWN_ENV)."""
 from __future__ import annotations
 
 import gc
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import dask
@@ -55,6 +58,54 @@ def test_the_flow_s_workers_import_rehearse_and_freeze_the_build_before_their_fi
     assert imported
     assert rehearsed == (1, len({named_grid(name).crs_code for name in GRID_NAMES}))
     assert frozen > 50_000  # the imports' objects: out of every full collection's scan
+
+
+_A_USER_S_SCRIPT = """
+import json
+import sys
+
+from lunarchive.flows.process import process  # noqa: F401  (a script that runs the flow)
+
+IMPORTED_ZARR = "zarr" in sys.modules  # here, at the top: what a worker imports again
+
+
+def pipeline():
+    import zarr
+    import zarr.storage
+
+    array = zarr.create_array(zarr.storage.MemoryStore(), shape=(1,), dtype="float32")
+    return type(array._async_array.codec_pipeline).__name__, zarr.config.get("codec_pipeline")
+
+
+if __name__ == "__main__":
+    from distributed import Client
+
+    from lunarchive.flows._runtime import dask_task_runner, local_cluster
+    from lunarchive.flows.settings import Settings
+
+    runner = dask_task_runner(Settings(dask_workers=1, dask_address=None))
+    with local_cluster(**runner.cluster_kwargs) as cluster, Client(cluster) as client:
+        print(json.dumps([IMPORTED_ZARR, *client.run(pipeline).values()]))
+"""
+
+
+def test_the_flow_s_workers_write_with_zarr_s_synchronous_pipeline_whatever_their_parent_imported(
+    tmp_path: Path,
+) -> None:
+    # A worker process imports its parent's main module before its nanny applies its env,
+    # and zarr reads its configuration from the environment when it is imported: started
+    # from a script that imports the flows (and so zarr), a pipeline given as the nanny's
+    # env was never seen.
+    script = tmp_path / "run_the_flow.py"
+    script.write_text(_A_USER_S_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported_zarr, (pipeline, config) = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported_zarr  # the case that went wrong
+    assert pipeline == "FusedCodecPipeline"
+    assert config["max_workers"] == 1
 
 
 def test_ours_replace_dask_s_defaults_and_an_operator_s_own_start_environment_wins(
