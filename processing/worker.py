@@ -46,9 +46,9 @@ SPAWN_ENV: Final = {**_MALLOC_ENV, **WRITE_PIPELINE_ENV}
 glibc's thresholds (:data:`_MALLOC_ENV`) and zarr's write pipeline
 (:data:`~lunarchive.processing.pyramid.WRITE_PIPELINE_ENV`). zarr reads its configuration
 from the environment once, when it is imported, and a worker process started by ``spawn``
-imports its parent's main module before a nanny applies its ``env``: a ``lunarchive``
-command's imports include zarr, so a pipeline given there was never seen (the flow's workers
-wrote with zarr's default pipeline and a thread pool per CPU behind each task)."""
+imports its parent's main module before a nanny applies its ``env``: started from a script
+that imports the flows (and so zarr), workers never saw a pipeline given there, and wrote
+with zarr's default pipeline and a thread pool per CPU behind each task."""
 _spawning: Final = threading.Lock()  # spawning_workers: one thread inside at a time
 _BUILD_MODULES: Final = (
     "lunarchive.processing.pyramid",
