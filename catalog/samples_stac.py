@@ -20,7 +20,6 @@ them out.
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from collections import defaultdict
@@ -32,7 +31,6 @@ from typing import Any, Final
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pyproj
 import pystac
 from stac_geoparquet.arrow import stac_table_to_items
@@ -42,6 +40,7 @@ from lunarchive.catalog.publish import read_current
 from lunarchive.catalog.stac import EXTENSIONS, create_collection, create_queryables
 from lunarchive.catalog.store import Store, check_key
 from lunarchive.schemas.errors import ConfigurationError
+from lunarchive.schemas.parquet import read_parquet_bytes
 from lunarchive.schemas.samples import Analysis, Specimen, parent_of_sample_id
 
 __all__ = [
@@ -408,7 +407,7 @@ def read_at_site(store: Store, sample_id: str) -> tuple[str, str, list[dict[str,
     while (parent := parent_of_sample_id(candidates[-1])) is not None:
         candidates.append(parent)
     data = store.read(release_prefix(version) + "items.parquet")
-    table = pq.read_table(io.BytesIO(data), use_threads=False)
+    table = read_parquet_bytes(data, use_threads=False)
     if "sample_id" not in table.column_names:
         raise ConfigurationError(f"no specimen {sample_id} in release {version}")
     found = table.filter(pc.is_in(table["sample_id"], value_set=pa.array(candidates)))
@@ -420,7 +419,7 @@ def read_at_site(store: Store, sample_id: str) -> tuple[str, str, list[dict[str,
     if asset is None:
         return version, item["id"], []
     key = check_key(os.path.normpath(release_prefix(version) + asset["href"]))
-    rows = pq.read_table(io.BytesIO(store.read(key)), use_threads=False).to_pylist()
+    rows = read_parquet_bytes(store.read(key), use_threads=False).to_pylist()
     own = [row for row in rows if row["sample_id"] == sample_id]
     root = item["properties"]["sample_id"]
     return version, item["id"], own or [row for row in rows if row["sample_id"] == root]

@@ -79,6 +79,7 @@ from lunarchive.catalog._search_params import (
 from lunarchive.catalog.layout import LATEST_KEY, release_prefix
 from lunarchive.catalog.store import Store
 from lunarchive.schemas.errors import ConfigurationError, InvalidFilter, TransientError
+from lunarchive.schemas.parquet import read_parquet_bytes
 from lunarchive.schemas.release import ManifestEntry, ReleasePointer
 
 __all__ = [
@@ -533,7 +534,7 @@ def _store_release(store: Store, cache_dir: Path | None) -> tuple[str, _Release]
         release = _cached(entry.sha256, None)
         if release is None:
             data = _fetch_verified(store, entry, _cache_folder(cache_dir))[1]
-            release = _keep(entry.sha256, _Release(pq.read_table(pa.BufferReader(data))))
+            release = _keep(entry.sha256, _Release(read_parquet_bytes(data)))
     return version, release
 
 

@@ -33,6 +33,7 @@ from lunarchive.processing.crs import MOON_RADIUS_M, assert_lunar, moon_geograph
 from lunarchive.processing.grids import named_grid
 from lunarchive.processing.pyramid import open_tile
 from lunarchive.schemas.errors import ProductRejected
+from lunarchive.schemas.parquet import read_parquet_bytes
 
 __all__ = [
     "AtSite",
@@ -336,4 +337,4 @@ def at_site_parquet_bytes(rows: Sequence[AtSite]) -> bytes:
 
 
 def at_site_from_parquet(data: bytes) -> list[AtSite]:
-    return [AtSite(**row) for row in pq.read_table(io.BytesIO(data)).to_pylist()]
+    return [AtSite(**row) for row in read_parquet_bytes(data).to_pylist()]

@@ -44,6 +44,7 @@ from pydantic import ValidationError
 
 from lunarchive.processing.crs import assert_lunar, moon_geographic
 from lunarchive.schemas.errors import ProductRejected
+from lunarchive.schemas.parquet import read_parquet_bytes
 from lunarchive.schemas.samples import (
     MOON_FRAME,
     SAMPLE_ID_PATTERN,
@@ -1482,7 +1483,7 @@ def _write_atomically(path: Path, data: bytes) -> Path:
 
 def specimens_from_geoparquet(data: bytes) -> list[Specimen]:
     """The specimens of a table written by :func:`specimens_geoparquet_bytes`."""
-    table = pq.read_table(io.BytesIO(data))
+    table = read_parquet_bytes(data)
     specimens = []
     for row in table.to_pylist():
         row.pop("geometry")
@@ -1503,7 +1504,7 @@ def specimens_from_geoparquet(data: bytes) -> list[Specimen]:
 def analyses_from_parquet(data: bytes) -> list[Analysis]:
     """The analyses of a table written by :func:`analyses_parquet_bytes`."""
     analyses = []
-    for row in pq.read_table(io.BytesIO(data)).to_pylist():
+    for row in read_parquet_bytes(data).to_pylist():
         citation = {
             name: row.pop(name) for name in ("citation_id", "doi", "table_in_ref", "table_title")
         }
